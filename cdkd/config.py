@@ -1,0 +1,330 @@
+"""Run configuration: nested dataclasses whose defaults are the paper's main setting.
+
+The defaults describe the paper's headline MPII experiment (Table I, 64x64 row): an HRNet-W32
+SimCC student at 64x64 with split ratio k=3, distilled from a frozen HRNet-W32 teacher at
+256x256 with SAPE + CCA + ETHT. A preset (``cdkd/presets/NAME.yaml``) or a user YAML holds only
+what differs from these defaults; ``--set section.key=value`` overrides single values.
+Unknown keys are errors that name the key, so a typo can never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class ModelConfig:
+    """The model being trained (the student in ``distill`` mode, the teacher in ``teacher`` mode)."""
+
+    arch: str = "hrnet_w32"
+    input_size: tuple[int, int] = (64, 64)  # (H, W) of the crop fed to the model
+    split_ratio: float = 3.0  # SimCC k: classes per pixel (SIMDR_SPLIT_RATIO)
+    pretrained: str = ""  # optional ImageNet backbone file (hrnet_w32-36af842e.pth, ...)
+
+
+@dataclass
+class TeacherConfig:
+    """The frozen high-resolution teacher used in ``distill`` mode."""
+
+    arch: str = "hrnet_w32"
+    input_size: tuple[int, int] = (256, 256)
+    split_ratio: float = 3.0
+    checkpoint: str = ""  # cdkd checkpoint or official state dict of the trained teacher
+
+
+@dataclass
+class DataConfig:
+    """Dataset, person boxes and training augmentation (official SimCC/HRNet values)."""
+
+    dataset: str = "mpii"  # coco | mpii (the synthetic set is written in both formats)
+    root: str = "data/synth/mpii"
+    train_set: str = "train"
+    val_set: str = "valid"
+    use_gt_bbox: bool = True  # COCO val: ground-truth boxes, or detections from det_file
+    det_file: str = ""  # COCO_val2017_detections_AP_H_56_person.json style
+    det_score_thr: float = 0.0
+    bbox_enlarge: float = 1.25  # COCO box -> scale enlargement
+    flip: bool = True
+    scale_factor: float = 0.25
+    rotation_factor: float = 30.0
+    rot_prob: float = 0.6
+    half_body_prob: float = 0.0
+    num_joints_half_body: int = 8
+    on_bad: str = "error"  # error | skip: what a bad image or annotation does
+    workers: int = 2
+    max_samples: int = 0  # >0 keeps only the first N persons of each split (tiny runs)
+
+
+@dataclass
+class LossConfig:
+    """The SimCC task loss L_ori (Eq. 8) in its two released variants."""
+
+    kind: str = "mean"  # mean: MPII NMTNORMCritierion; sum: COCO NMTCritierion
+    label_smoothing: float = 0.2
+    weight: float = 1.0  # multiplies L_ori (the released CDKD code uses 1000)
+
+
+@dataclass
+class DistillConfig:
+    """CDKD: SAPE (Eq. 1-5), CCA (Eq. 6-7), ETHT (Eq. 9-12), and the ablation baselines."""
+
+    fidelity: str = "paper"  # paper | official (PAPER_NOTES items 1-6)
+    feature: str = "sape"  # sape | conv | fc | none (Table V feature alignment)
+    logit: str = "cca"  # cca | fc | same_class | none (Table V logit alignment)
+    alpha: float = 1.0  # weight of L_fea (Eq. 8)
+    beta: float = 1.0  # weight of L_logit (Eq. 8)
+    num_projectors: int = 3  # K (Table VI)
+    projector: str = "light"  # light: per-joint plane map; full: one Linear over J*h*w (released)
+    sau: bool = True  # scale-adaptive unit; False averages the projectors (plain ensemble)
+    sau_kernels: tuple[int, ...] = (3, 5, 7, 7)  # Table VII
+    sau_hidden: int = 32
+    etht: bool = True  # learnable temperature; False is a fixed tau (NECM in Table III)
+    tau: float = 1.0  # fixed temperature when etht is False
+    tau_min: float = 1.0
+    tau_range: float = 20.0
+    learn: tuple[str, ...] = ("tau",)  # Table VIII: tau | tau,alpha | tau,alpha,beta
+    xi_epochs: int = 10  # ETHT: xi rises 0 -> 1 (cosine) over these epochs
+    xi_max: float = 1.0
+    merge: str = "integer"  # integer: sum m adjacent bins; overlap: mass-conserving for any ratio
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "distill"  # teacher | baseline | distill
+    epochs: int = 210
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_steps: tuple[int, ...] = (170, 200)
+    lr_factor: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = True
+    max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)
+    log_every: int = 10
+    val_every: int = 1
+    out_dir: str = "runs"
+    run_name: str = ""  # default: derived from mode, archs, sizes, dataset and seed
+
+
+@dataclass
+class EvalConfig:
+    flip_test: bool = True
+    flip_shift: str = "exact"  # exact: k-1 bins for any k; official: one bin (exact only for k=2)
+    batch_size: int = 64
+    oks_thr: float = 0.9  # OKS-NMS threshold
+    in_vis_thr: float = 0.2  # keypoint confidence counted in rescoring
+    pck_threshold: float = 0.5
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration value or key that cannot be used; the message names the key."""
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise naming ``key``."""
+    origin = get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        args = get_args(hint)
+        item = args[0]
+        return tuple(_coerce(v, item, key) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key '{key}' expects true/false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        try:
+            number = hint(value) if not isinstance(value, str) else hint(float(value))
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' expects {hint.__name__}, got {value!r}") from None
+        if hint is int and float(value) != number:
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        return number
+    if hint is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _update(obj: Any, values: dict, prefix: str = "") -> None:
+    hints = get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}' (known: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{path}' is a section; give it a mapping")
+            _update(current, value, prefix=f"{path}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], path))
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build a Config from a (possibly partial) nested dict; unknown keys raise ConfigError."""
+    cfg = Config()
+    _update(cfg, values or {})
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict (tuples as lists) suitable for YAML."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def parse_override(text: str) -> dict:
+    """``'train.lr=0.01'`` -> ``{'train': {'lr': '0.01'}}`` (values typed later by the dataclass)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form section.key=value")
+    key, raw = text.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Load a preset by name (``mpii_w32_64_distill``) or a YAML file, then apply overrides.
+
+    Args:
+        name_or_path: preset name from :func:`list_presets`, a YAML path, or None for the defaults.
+        overrides: ``section.key=value`` strings, applied in order.
+    """
+    values: dict = {}
+    if name_or_path:
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PRESET_DIR / f"{name_or_path}.yaml"
+            if not path.exists():
+                raise ConfigError(
+                    f"no preset named '{name_or_path}'; presets: {', '.join(list_presets())}"
+                )
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping")
+        values.setdefault("name", path.stem)
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    try:
+        cfg = config_from_dict(values)
+    except ConfigError as err:
+        where = f" in {name_or_path}" if name_or_path else ""
+        raise ConfigError(f"{err}{where}") from None
+    validate(cfg)
+    return cfg
+
+
+_CHOICES = {
+    "data.dataset": ("coco", "mpii"),
+    "data.on_bad": ("error", "skip"),
+    "loss.kind": ("mean", "sum"),
+    "distill.fidelity": ("paper", "official"),
+    "distill.feature": ("sape", "conv", "fc", "none"),
+    "distill.logit": ("cca", "fc", "same_class", "none"),
+    "distill.projector": ("light", "full"),
+    "distill.merge": ("integer", "overlap"),
+    "train.mode": ("teacher", "baseline", "distill"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "train.optimizer": ("adam", "adamw", "sgd"),
+    "eval.flip_shift": ("exact", "official"),
+}
+
+
+def validate(cfg: Config) -> None:
+    """Check choices and value ranges; raise ConfigError naming the key."""
+    d = config_to_dict(cfg)
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        if d[section][name] not in choices:
+            raise ConfigError(f"config key '{key}' is {d[section][name]!r}; choose one of {choices}")
+    for section in ("model", "teacher"):
+        size = d[section]["input_size"]
+        if len(size) != 2 or min(size) <= 0 or any(s % 4 for s in size):
+            raise ConfigError(f"config key '{section}.input_size' must be (H, W), positive multiples of 4; got {size}")
+        if d[section]["split_ratio"] <= 0:
+            raise ConfigError(f"config key '{section}.split_ratio' must be positive")
+    for t in cfg.distill.learn:
+        if t not in ("tau", "alpha", "beta"):
+            raise ConfigError(f"config key 'distill.learn' has {t!r}; allowed: tau, alpha, beta")
+    if cfg.train.epochs <= 0 or cfg.train.batch_size <= 0:
+        raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be positive")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+def run_name(cfg: Config) -> str:
+    """Folder name that records the setup, e.g. ``distill_w32-256_to_w32-64_mpii_s0``."""
+    if cfg.train.run_name:
+        return cfg.train.run_name
+
+    def tag(arch: str, size: tuple[int, int]) -> str:
+        short = arch.replace("hrnet_", "").replace("resnet", "r")
+        return f"{short}-{size[0]}" if size[0] == size[1] else f"{short}-{size[0]}x{size[1]}"
+
+    student = tag(cfg.model.arch, cfg.model.input_size)
+    seed = f"s{cfg.train.seed}"
+    if cfg.train.mode == "distill":
+        teacher = tag(cfg.teacher.arch, cfg.teacher.input_size)
+        return f"distill-{cfg.distill.fidelity}_{teacher}_to_{student}_{cfg.data.dataset}_{seed}"
+    return f"{cfg.train.mode}_{student}_{cfg.data.dataset}_{seed}"
