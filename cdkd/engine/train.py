@@ -1,0 +1,353 @@
+"""Training engine: the teacher, the SimCC baseline student and the CDKD student (Eq. 8).
+
+``fit(cfg)`` is the one call behind ``python -m cdkd train``; the pieces it uses
+(``build_training``, ``train_one_epoch``, ``save_state`` / ``resume_state``) are importable on their
+own so that a notebook can drive a run step by step.
+
+Determinism and resume: every epoch reseeds python, numpy and torch from ``(seed, epoch)`` before
+its data loader is created, so shuffling, augmentation (also inside worker processes) and any other
+randomness of epoch e are the same whether the run went straight through or was resumed at e.
+The checkpoint ``last.pth`` is written atomically at the end of every epoch; a run killed
+mid-epoch restarts that epoch from the previous checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cdkd.config import Config, ConfigError, config_from_dict, config_to_dict
+from cdkd.data import build_dataset
+from cdkd.distill import Distiller
+from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
+from cdkd.engine.evaluate import evaluate, write_metrics
+from cdkd.engine.recorder import Recorder
+from cdkd.engine.run import seed_everything, setup_run
+from cdkd.losses import simcc_loss
+from cdkd.models import build_pose_model
+
+
+@dataclass
+class Training:
+    """Everything a run holds; built by :func:`build_training`."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    dist: DistInfo
+    model: nn.Module  # the student (or the teacher being trained), maybe DDP-wrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    teacher: nn.Module | None = None
+    distiller: Distiller | None = None
+    start_epoch: int = 0
+    best: float = -math.inf
+    history: list = field(default_factory=list)
+
+    @property
+    def bare_model(self) -> nn.Module:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+
+def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    if cfg.train.amp == "none":
+        return None
+    return torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+
+
+def autocast(cfg: Config, device: torch.device):
+    dtype = amp_dtype(cfg, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_resolutions(cfg: Config) -> None:
+    """CCA merges m = teacher/student bins per axis: the sizes must divide unless merge='overlap'."""
+    if cfg.train.mode != "distill" or cfg.distill.merge == "overlap":
+        return
+    for axis, t, s in zip("HW", cfg.teacher.input_size, cfg.model.input_size):
+        if t % s:
+            raise ConfigError(
+                f"config key 'model.input_size' ({s} along {axis}) does not divide "
+                f"'teacher.input_size' ({t}); choose a divisor or set distill.merge=overlap"
+            )
+
+
+def load_teacher(cfg: Config, num_joints: int, device: torch.device) -> nn.Module:
+    """The frozen teacher: a cdkd checkpoint, or an official state dict described by cfg.teacher."""
+    if not cfg.teacher.checkpoint:
+        raise ConfigError("config key 'teacher.checkpoint' is empty; distill mode needs a trained teacher")
+    t = cfg.teacher
+    teacher = load_model(
+        t.checkpoint, arch=t.arch, num_joints=num_joints, input_size=tuple(t.input_size), split_ratio=t.split_ratio
+    )
+    if tuple(teacher.input_size) != tuple(t.input_size) or teacher.num_joints != num_joints:
+        raise ConfigError(
+            f"teacher checkpoint {t.checkpoint} is {teacher.arch} at {tuple(teacher.input_size)} with "
+            f"{teacher.num_joints} joints; config key 'teacher.input_size' says {tuple(t.input_size)} "
+            f"and the data has {num_joints} joints"
+        )
+    teacher.eval().requires_grad_(False).to(device)
+    if cfg.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
+def build_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
+    kind, lr, wd = cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
+
+
+def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
+    """Models, data, distiller, optimizer and schedule of a run (no training yet)."""
+    check_resolutions(cfg)
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    run_dir = setup_run(cfg, run_dir, write=dist.is_main)
+    m = cfg.model
+    teacher_size = tuple(cfg.teacher.input_size) if cfg.train.mode == "distill" else None
+    train_set = build_dataset(cfg, "train", tuple(m.input_size), m.split_ratio, teacher_size=teacher_size, train=True)
+    val_set = build_dataset(cfg, "val", tuple(m.input_size), m.split_ratio, train=False)
+    model = build_pose_model(
+        m.arch, train_set.num_joints, tuple(m.input_size), m.split_ratio, pretrained=m.pretrained or None
+    ).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = list(model.parameters())
+    teacher = distiller = None
+    if cfg.train.mode == "distill":
+        teacher = load_teacher(cfg, train_set.num_joints, device)
+        distiller = make_distiller(cfg, model, teacher).to(device)
+        params += list(distiller.trainable_parameters())
+    optimizer = build_optimizer(cfg, params)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=list(cfg.train.lr_steps), gamma=cfg.train.lr_factor
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.amp == "fp16")
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return Training(cfg, Path(run_dir), device, dist, model, optimizer, scheduler, scaler, train_set, val_set,
+                    teacher, distiller)
+
+
+def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Distiller:
+    """The CDKD distiller for the student/teacher shapes (feature maps at H/4 x W/4)."""
+    def shapes(model):
+        h, w = model.input_size
+        k = model.split_ratio
+        return (model.num_joints, h // 4, w // 4), (int(round(w * k)), int(round(h * k)))
+
+    s_feat, s_cls = shapes(student)
+    t_feat, t_cls = shapes(teacher)
+    return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs)
+
+
+def make_loader(t: Training, epoch: int) -> DataLoader:
+    """The epoch's loader; its shuffling and worker seeds follow the reseeded global RNG."""
+    cfg = t.cfg
+    sampler = None
+    if t.dist.enabled:
+        sampler = DistributedSampler(t.train_set, shuffle=True, seed=cfg.train.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    per_rank = max(1, cfg.train.batch_size // t.dist.world_size)
+    return DataLoader(
+        t.train_set,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.data.workers,
+        pin_memory=t.device.type == "cuda",
+        drop_last=len(t.train_set) > per_rank,
+        persistent_workers=False,
+    )
+
+
+def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward the student (and teacher); return the total loss (Eq. 8) and its terms."""
+    cfg, device = t.cfg, t.device
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    tx = batch["target_x"].to(device, non_blocking=True)
+    ty = batch["target_y"].to(device, non_blocking=True)
+    weight = batch["target_weight"].to(device, non_blocking=True)
+    with autocast(cfg, device):
+        out = t.model(image)
+    task = cfg.loss.weight * simcc_loss(
+        out.x.float(), out.y.float(), tx, ty, weight, kind=cfg.loss.kind, label_smoothing=cfg.loss.label_smoothing
+    )
+    if t.distiller is None:
+        return task, {"task": task.detach()}
+    teacher_image = batch["teacher_image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    with torch.no_grad(), autocast(cfg, device):
+        teacher_out = t.teacher(teacher_image)
+    step = t.distiller(out, teacher_out, weight, task)
+    return step.total, step.terms
+
+
+def sync_distiller_grads(t: Training) -> None:
+    """DDP averages the student's gradients; the distiller's own parameters are averaged here."""
+    if not t.dist.enabled or t.distiller is None:
+        return
+    for p in t.distiller.trainable_parameters():
+        if p.grad is not None:
+            torch_dist.all_reduce(p.grad)
+            p.grad /= t.dist.world_size
+
+
+def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, float]:
+    """One pass over the training set; returns the mean of every logged term."""
+    cfg = t.cfg
+    t.model.train()
+    if t.distiller is not None:
+        t.distiller.train()
+        t.distiller.set_epoch(epoch)
+    loader = make_loader(t, epoch)
+    steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
+    sums: dict[str, float] = {}
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not t.dist.is_main,
+               dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        if i >= steps:
+            break
+        loss, terms = compute_losses(t, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: { {k: float(v) for k, v in terms.items()} }")
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        sync_distiller_grads(t)
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        values = {k: float(v) for k, v in terms.items()}
+        values["loss"] = float(loss)
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        if i % max(1, cfg.train.log_every) == 0 or i == steps - 1:
+            values["lr"] = t.optimizer.param_groups[0]["lr"]
+            recorder.step(epoch * steps + i, epoch, values)
+        bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
+        bar.update(1)
+    bar.close()
+    n = max(1, min(steps, i + 1)) if steps else 1
+    means = {k: v / n for k, v in sums.items()}
+    means["samples_per_s"] = n * loader.batch_size * t.dist.world_size / max(time.perf_counter() - start, 1e-9)
+    return all_reduce_mean(means, t.dist)
+
+
+def save_state(t: Training, epoch: int, path: Path) -> None:
+    """Atomic checkpoint with everything resume needs (model, optimizer, schedule, distiller, RNG)."""
+    extra = {
+        "epoch": epoch,
+        "optimizer": t.optimizer.state_dict(),
+        "scheduler": t.scheduler.state_dict(),
+        "scaler": t.scaler.state_dict(),
+        "best": t.best,
+        "history": t.history,
+        "rng": {"torch": torch.get_rng_state()},
+    }
+    if t.distiller is not None:
+        extra["distiller"] = t.distiller.state_dict()
+    save_checkpoint(path, t.bare_model, config=config_to_dict(t.cfg), **extra)
+
+
+def resume_state(t: Training, path: str | Path) -> None:
+    """Load a ``last.pth`` written by :func:`save_state`; training continues at the next epoch."""
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        raise ValueError(f"{path} holds weights only (no optimizer/epoch state); it cannot be resumed")
+    saved = config_from_dict(state["config"])
+    for section in ("model", "teacher", "distill", "loss"):
+        if config_to_dict(saved)[section] != config_to_dict(t.cfg)[section] and (section != "teacher" or t.distiller):
+            raise ConfigError(f"cannot resume from {path}: config section '{section}' differs from the checkpoint's")
+    from cdkd.checkpoint import load_weights
+
+    load_weights(t.bare_model, state["state_dict"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    t.scaler.load_state_dict(state["scaler"])
+    if t.distiller is not None and "distiller" in state:
+        t.distiller.load_state_dict(state["distiller"])
+    t.start_epoch = int(state["epoch"]) + 1
+    t.best = float(state.get("best", -math.inf))
+    t.history = list(state.get("history", []))
+    torch.set_rng_state(state["rng"]["torch"])
+
+
+def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> Path:
+    """Train a run to the end (or continue it with ``resume``); returns the run folder.
+
+    Writes ``last.pth`` every epoch, ``best.pth`` on a better validation metric, ``epochs.jsonl``,
+    ``steps.csv``, TensorBoard events and the final ``metrics.json``.
+    """
+    t = build_training(cfg, run_dir)
+    if resume == "auto":
+        resume = t.run_dir / "last.pth" if (t.run_dir / "last.pth").exists() else None
+    if resume:
+        resume_state(t, resume)
+    recorder = Recorder(t.run_dir, enabled=t.dist.is_main)
+    try:
+        for epoch in range(t.start_epoch, cfg.train.epochs):
+            seed_everything(cfg.train.seed * 100_003 + epoch, cfg.train.deterministic)
+            means = train_one_epoch(t, epoch, recorder)
+            t.scheduler.step()
+            record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}
+            last = epoch == cfg.train.epochs - 1
+            if (epoch + 1) % max(1, cfg.train.val_every) == 0 or last:
+                if t.dist.is_main:
+                    metrics = evaluate(t.bare_model, t.val_set, cfg, t.device)
+                    record["val"] = metrics
+                    if metrics["main"] > t.best:
+                        t.best = metrics["main"]
+                        save_checkpoint(t.run_dir / "best.pth", t.bare_model, config=config_to_dict(cfg),
+                                        epoch=epoch, metrics=_scalars(metrics))
+                barrier(t.dist)
+            t.history.append({"epoch": epoch, **_scalars(record)})
+            if t.dist.is_main:
+                recorder.epoch(epoch, _scalars(record))
+                save_state(t, epoch, t.run_dir / "last.pth")
+                summary = record.get("val", {}).get("main")
+                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
+                           + (f", val {summary:.3f}" if summary is not None else ""))
+        if t.dist.is_main and t.history:
+            final = dict(t.history[-1].get("val", {}))
+            write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model, extra={"best": t.best})
+    finally:
+        recorder.close()
+        barrier(t.dist)
+        cleanup(t.dist)
+    return t.run_dir
+
+
+def _scalars(record: dict) -> dict:
+    """JSON-friendly copy: nested dicts kept, tensors and numpy numbers turned into floats."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out[k] = _scalars(v)
+        elif isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif hasattr(v, "item") and getattr(v, "ndim", 0) == 0:
+            out[k] = v.item()
+    return json.loads(json.dumps(out))
