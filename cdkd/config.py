@@ -90,7 +90,7 @@ class DistillConfig:
     tau_min: float = 1.0
     tau_range: float = 20.0
     learn: tuple[str, ...] = ("tau",)  # Table VIII: tau | tau,alpha | tau,alpha,beta
-    xi_epochs: int = 10  # ETHT: xi rises 0 -> 1 (cosine) over these epochs
+    xi_epochs: int = 10  # ETHT: xi rises 0 -> xi_max (cosine) over these epochs; 0: over all train.epochs
     xi_max: float = 1.0
     merge: str = "integer"  # integer: sum m adjacent bins; overlap: mass-conserving for any ratio
 
@@ -124,7 +124,7 @@ class EvalConfig:
     flip_shift: str = "exact"  # exact: k-1 bins for any k; official: one bin (exact only for k=2)
     batch_size: int = 64
     oks_thr: float = 0.9  # OKS-NMS threshold
-    in_vis_thr: float = 0.2  # keypoint confidence counted in rescoring
+    in_vis_thr: float = 0.02  # keypoint confidence counted in rescoring (SimCC IN_VIS_THRE)
     pck_threshold: float = 0.5
 
 

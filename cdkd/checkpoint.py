@@ -1,0 +1,298 @@
+"""Checkpoints: saving and loading SimCC pose models, official state dicts and ImageNet backbones.
+
+Serves the CDKD pipeline (Gu et al., Sec. III): the teacher is trained first and saved, then
+loaded frozen beside the student; the released SimCC/CDKD weights and the ImageNet-pretrained
+HRNet/ResNet files are plain state dicts in the official key layout.
+
+A cdkd checkpoint is a dict of tensors and plain Python values only (it loads with
+``torch.load(weights_only=True)``)::
+
+    {'format': 'cdkd-checkpoint-v1',
+     'model': {'arch', 'num_joints', 'input_size', 'split_ratio'},   # rebuilds the model
+     'state_dict': {official key names -> tensors},
+     'config': resolved run configuration (dict) or None,
+     ...extra (epoch, metrics, optimizer state, ...)}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "cdkd-checkpoint-v1"
+_PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
+_RESERVED = ("format", "model", "state_dict", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or state dict that cannot be used; the message names the file or the key."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel/DDP (``.module``) or torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise TypeError naming ``where`` if ``value`` is not tensors / plain Python values."""
+    # exact types: numpy scalars subclass float/int but do not load with weights_only=True
+    if value is None or type(value) in (bool, int, float, str) or isinstance(value, torch.Tensor):
+        return
+    if type(value) in (list, tuple, torch.Size):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"checkpoint entry '{where}' has a key of type {type(key).__name__}; use str or int")
+            _check_plain(item, f"{where}.{key}")
+        return
+    raise TypeError(
+        f"checkpoint entry '{where}' is a {type(value).__module__}.{type(value).__name__}; "
+        "store tensors or plain Python values (numbers, strings, lists, dicts)"
+    )
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: Any = None, **extra: Any) -> Path:
+    """Write a cdkd checkpoint atomically (temporary file, then ``os.replace``).
+
+    Args:
+        path: destination file; parent folders are created.
+        model: a :class:`~cdkd.models.simcc.SimCCPoseModel` (also inside DDP or torch.compile).
+        config: the run configuration as a dict (or a :class:`cdkd.config.Config`), or None.
+        **extra: more entries (epoch, metrics, optimizer state_dict, ...), tensors or plain values.
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    bare = _unwrap(model)
+    if not hasattr(bare, "settings"):
+        raise TypeError(f"save_checkpoint needs a pose model with settings(); got {type(bare).__name__}")
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"extra checkpoint entries {clash} clash with reserved keys {list(_RESERVED)}")
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        from cdkd.config import config_to_dict
+
+        config = config_to_dict(config)
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, a Config or None; got {type(config).__name__}")
+    payload = {
+        "format": FORMAT,
+        "model": bare.settings(),
+        "state_dict": {k: v.detach().cpu() for k, v in bare.state_dict().items()},
+        "config": config,
+        **extra,
+    }
+    for key, value in payload.items():
+        _check_plain(value, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint or state dict file on the CPU, without unpickling arbitrary objects.
+
+    Args:
+        path: a cdkd checkpoint, an official SimCC/HRNet state dict or checkpoint, or an
+            ImageNet backbone file.
+    Returns:
+        The stored dict, as saved.
+    Raises:
+        FileNotFoundError: if the file does not exist (the message names it).
+        CheckpointError: if it cannot be read or does not hold a dict (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
+    return data
+
+
+def state_dict_in(checkpoint: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The weights inside a loaded checkpoint, with ``module.``/``_orig_mod.`` prefixes stripped.
+
+    Accepts a cdkd checkpoint, an official training checkpoint with a ``state_dict`` entry, or a
+    raw state dict (every value a tensor).
+
+    Args:
+        checkpoint: what :func:`load_checkpoint` returned.
+        source: name used in error messages (usually the file path).
+    """
+    weights = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(weights, dict) or not weights:
+        raise CheckpointError(f"{source}: no state dict found (top-level keys: {sorted(checkpoint)[:10]})")
+    bad = next((k for k, v in weights.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(
+            f"{source}: entry '{bad}' is a {type(weights[bad]).__name__}, not a tensor; "
+            f"this is not a state dict (top-level keys: {sorted(checkpoint)[:10]})"
+        )
+    return {_strip_prefixes(k): v for k, v in weights.items()}
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix) :], True
+    return key
+
+
+def _is_counter(key: str) -> bool:
+    """BatchNorm step counters: absent from old files, never needed to reproduce outputs."""
+    return key.endswith("num_batches_tracked")
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> dict:
+    """Load a state dict into ``model`` after stripping ``module.``/``_orig_mod.`` prefixes.
+
+    Args:
+        model: the target module.
+        state_dict: weights in the model's (official) key layout.
+        strict: if True, a missing or unexpected key is an error. A shape mismatch is always an
+            error. Missing ``num_batches_tracked`` counters are tolerated (old files lack them).
+    Returns:
+        ``{'loaded': [...], 'missing': [...], 'unexpected': [...]}`` key lists.
+    Raises:
+        CheckpointError: naming the first key (in the state dict's order) whose shape does not
+            fit, with both shapes; or, when strict, the first missing / unexpected key.
+    """
+    weights = {_strip_prefixes(k): v for k, v in state_dict.items()}
+    own = model.state_dict()
+    name = type(_unwrap(model)).__name__
+    for key, value in weights.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"weight '{key}' has shape {tuple(value.shape)} in the state dict but "
+                f"{tuple(own[key].shape)} in the {name}; was it built with the same arch, joints, "
+                "input size and split ratio?"
+            )
+    missing = [k for k in own if k not in weights and not _is_counter(k)]
+    unexpected = [k for k in weights if k not in own]
+    if strict and missing:
+        raise CheckpointError(f"missing key '{missing[0]}' in the state dict ({len(missing)} of {len(own)} missing)")
+    if strict and unexpected:
+        raise CheckpointError(
+            f"unexpected key '{unexpected[0]}' in the state dict ({len(unexpected)} unexpected) for the {name}"
+        )
+    loaded = [k for k in weights if k in own]
+    model.load_state_dict({k: weights[k] for k in loaded}, strict=False)
+    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+
+
+def load_model(
+    path: str | Path,
+    map_location: str | torch.device = "cpu",
+    *,
+    arch: str | None = None,
+    num_joints: int | None = None,
+    input_size: tuple[int, int] | list[int] | int | None = None,
+    split_ratio: float | None = None,
+) -> nn.Module:
+    """Rebuild a pose model from a checkpoint and load its weights (strict), in eval mode.
+
+    A cdkd checkpoint carries its model settings; a raw official state dict (e.g. a released
+    SimCC ``model_best.pth``) needs ``arch``, ``num_joints``, ``input_size`` and ``split_ratio``.
+    Settings given for a cdkd checkpoint must agree with the stored ones.
+
+    Args:
+        path: checkpoint or state dict file.
+        map_location: device the returned model is moved to.
+        arch, num_joints, input_size, split_ratio: the model settings (see
+            :func:`cdkd.models.build_pose_model`).
+    Returns:
+        The :class:`~cdkd.models.simcc.SimCCPoseModel`, in eval mode.
+    """
+    from cdkd.models import build_pose_model  # here: cdkd.models imports this module
+
+    checkpoint = load_checkpoint(path)
+    given = {"arch": arch, "num_joints": num_joints, "input_size": input_size, "split_ratio": split_ratio}
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(given.get("input_size"), int):
+        given["input_size"] = [given["input_size"]] * 2
+    if "input_size" in given:
+        given["input_size"] = [int(s) for s in given["input_size"]]
+    if checkpoint.get("format") == FORMAT:
+        settings = dict(checkpoint["model"])
+        for key, value in given.items():
+            stored = settings.get(key)
+            if (float(value) != float(stored)) if key == "split_ratio" else (value != stored):
+                raise CheckpointError(f"{path}: stores {key}={stored!r} but {key}={value!r} was requested")
+    else:
+        needed = [k for k in ("arch", "num_joints", "input_size", "split_ratio") if k not in given]
+        if needed:
+            raise CheckpointError(
+                f"{path} is not a cdkd checkpoint (no model settings); pass {', '.join(needed)} to load_model"
+            )
+        settings = given
+    model = build_pose_model(**settings)
+    try:
+        load_weights(model, state_dict_in(checkpoint, str(path)), strict=True)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    return model.to(map_location).eval()
+
+
+def load_pretrained_backbone(backbone: nn.Module, source: str | Path | dict) -> dict:
+    """Load the keys of an ImageNet file that match a backbone by name and shape.
+
+    The official classification HRNets (``hrnet_w32-36af842e.pth``, ``hrnet_w48-8ef0771d.pth``)
+    share the pose backbone's names for ``conv1 ... stage4`` and add ``incre_modules``,
+    ``downsamp_modules``, ``final_layer`` and ``classifier`` (and stage 4 fuse layers into the
+    lower resolutions); torchvision ResNet files add ``fc``. Those come back as ``unexpected``.
+
+    Args:
+        backbone: the backbone module (e.g. ``hrnet_w32()``), without the SimCC head.
+        source: a file path, or an already loaded dict.
+    Returns:
+        ``{'source', 'loaded', 'missing', 'unexpected', 'mismatched'}``: key lists (missing
+        excludes BatchNorm ``num_batches_tracked`` counters).
+    Raises:
+        CheckpointError: if no key at all matches (surely the wrong file), naming the file.
+    """
+    name = str(source) if not isinstance(source, dict) else "<state dict>"
+    checkpoint = load_checkpoint(source) if not isinstance(source, dict) else source
+    weights = state_dict_in(checkpoint, name)
+    own = backbone.state_dict()
+    loaded, mismatched, unexpected = [], [], []
+    for key, value in weights.items():
+        if key not in own:
+            unexpected.append(key)
+        elif tuple(value.shape) != tuple(own[key].shape):
+            mismatched.append(key)
+        else:
+            loaded.append(key)
+    if not loaded:
+        raise CheckpointError(
+            f"{name}: none of its {len(weights)} keys fits the {type(backbone).__name__} backbone "
+            f"(first key '{next(iter(weights))}'); is it the right pretrained file?"
+        )
+    backbone.load_state_dict({k: weights[k] for k in loaded}, strict=False)
+    missing = [k for k in own if k not in weights and not _is_counter(k)]
+    return {"source": name, "loaded": loaded, "missing": missing, "unexpected": unexpected, "mismatched": mismatched}

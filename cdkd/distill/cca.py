@@ -1,0 +1,205 @@
+"""Cross-class alignment (CCA): logit distillation between SimCC heads of different class counts.
+
+Implements Sec. III-B1 of "Cross-Domain Knowledge Distillation for Low-Resolution Human Pose
+Estimation" (CDKD): the teacher's per-axis class probabilities are merged, after the softmax, into
+the student's coarser classes (Eq. 6) and the student is pulled towards them with a
+temperature-scaled KL divergence (Eq. 7).
+
+A SimCC head at input width W with split ratio k has C = W*k classes on the x axis (H*k on y).
+For a 256-pixel teacher and a 64-pixel student with the same k, m = C_t / C_s = 4 teacher classes
+fall into each student class. ``merge_bins`` is the paper's Eq. 6 (C_t must be m*C_s);
+``merge_bins_overlap`` goes beyond the paper and merges at any ratio by giving each teacher bin's
+mass to the student bins it overlaps, in proportion to the overlap.
+
+Both merges treat class i of C classes as the interval [i/C, (i+1)/C) of the normalised axis, which
+is what Eq. 6 does. Note that SimCC class c is centred on pixel c/k (targets are round(x*k)), so the
+merged teacher bin j (teacher classes j*m .. j*m+m-1) is centred (m-1)/(2m) of a student class to the
+right of student class j: 0.375 class (0.125 px at k=3) for m=4. We keep the paper's merge as is.
+
+Two reductions are offered (``reduction``):
+
+* ``'paper'`` (Eq. 7): KL summed over the classes, ``tau**2 * sum_j w_j * KL_j`` summed over the
+  joints j and both axes, averaged over the batch; w_j is the joint's target weight (joints without
+  a label or outside the crop do not contribute). Gradients reach ``tau`` through both the student
+  and the teacher softmax, as in CTKD.
+* ``'official'`` (released code, PAPER_NOTES items 6 and 9): KL averaged over the classes, times
+  ``tau**2``, summed over every (sample, joint, axis); target weights ignored; the merged teacher
+  distribution is detached, so ``tau`` only gets gradient through the student softmax.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MERGES = ("integer", "overlap")
+REDUCTIONS = ("paper", "official")
+
+
+def class_ratio(teacher_classes: int, student_classes: int, axis: str = "") -> int:
+    """The integer merge factor m = C_t / C_s of Eq. 6.
+
+    Args:
+        teacher_classes: C_t, number of teacher classes on one axis.
+        student_classes: C_s, number of student classes on the same axis.
+        axis: 'x' or 'y', only used in the error message.
+
+    Returns:
+        m such that C_t == m * C_s.
+
+    Raises:
+        ValueError: naming both class counts when C_s does not divide C_t.
+    """
+    where = f" on the {axis} axis" if axis else ""
+    if student_classes <= 0 or teacher_classes <= 0:
+        raise ValueError(f"class counts must be positive{where}: teacher {teacher_classes}, student {student_classes}")
+    if teacher_classes % student_classes:
+        raise ValueError(
+            f"CCA cannot merge {teacher_classes} teacher classes into {student_classes} student classes{where}: "
+            f"{teacher_classes}/{student_classes} is not an integer (set distill.merge=overlap to merge at any ratio)"
+        )
+    return teacher_classes // student_classes
+
+
+def merge_bins(probs: Tensor, m: int) -> Tensor:
+    """Eq. 6: sum every ``m`` adjacent probabilities on the last axis.
+
+    Args:
+        probs: teacher probabilities [..., C_t] (after the softmax).
+        m: merge factor; must divide C_t.
+
+    Returns:
+        Merged probabilities [..., C_t / m]; each row still sums to its input's sum.
+    """
+    num_in = probs.shape[-1]
+    if m <= 0 or num_in % m:
+        raise ValueError(
+            f"merge_bins: {num_in} teacher classes cannot be grouped by m={m} "
+            f"(student classes {num_in}/{m} is not an integer)"
+        )
+    return probs.reshape(*probs.shape[:-1], num_in // m, m).sum(-1)  # [..., C_t/m]
+
+
+def overlap_matrix(num_in: int, num_out: int, device=None, dtype=torch.float32) -> Tensor:
+    """Share of each input bin that falls into each output bin, both tiling [0, 1).
+
+    Input bin i is [i/num_in, (i+1)/num_in), output bin j is [j/num_out, (j+1)/num_out). The entry
+    (i, j) is |bin_i ∩ bin_j| / |bin_i|, computed exactly in integer units of 1/(num_in*num_out).
+
+    Args:
+        num_in: C_t, number of input (teacher) bins.
+        num_out: C_s, number of output (student) bins.
+
+    Returns:
+        [C_t, C_s] matrix whose rows sum to one (mass conservation).
+    """
+    if num_in <= 0 or num_out <= 0:
+        raise ValueError(f"overlap_matrix needs positive class counts, got {num_in} -> {num_out}")
+    i = torch.arange(num_in, device=device).unsqueeze(1)  # [C_t, 1]
+    j = torch.arange(num_out, device=device).unsqueeze(0)  # [1, C_s]
+    lo = torch.maximum(i * num_out, j * num_in)  # in units of 1/(C_t*C_s)
+    hi = torch.minimum((i + 1) * num_out, (j + 1) * num_in)
+    overlap = (hi - lo).clamp(min=0)  # [C_t, C_s]
+    return overlap.to(dtype) / num_out
+
+
+def merge_bins_overlap(probs: Tensor, num_out: int) -> Tensor:
+    """Mass-conserving merge of C_t bins into any number C_s of bins (beyond the paper).
+
+    Equals :func:`merge_bins` when C_s divides C_t.
+
+    Args:
+        probs: probabilities [..., C_t].
+        num_out: C_s, the number of output bins.
+
+    Returns:
+        [..., C_s] probabilities with the same total mass per row.
+    """
+    matrix = overlap_matrix(probs.shape[-1], num_out, device=probs.device, dtype=probs.dtype)
+    return probs @ matrix  # [..., C_s]
+
+
+def _merge(probs: Tensor, num_out: int, merge: str, axis: str) -> Tensor:
+    if merge == "integer":
+        return merge_bins(probs, class_ratio(probs.shape[-1], num_out, axis))
+    if merge == "overlap":
+        return merge_bins_overlap(probs, num_out)
+    raise ValueError(f"config key 'distill.merge' is {merge!r}; choose one of {MERGES}")
+
+
+def _kl_per_joint(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor, merge: str, axis: str,
+                  detach_teacher: bool) -> Tensor:
+    """KL(merged teacher || student) summed over classes, one value per (sample, joint): [B, J]."""
+    num_out = student_logits.shape[-1]
+    teacher_probs = F.softmax(teacher_logits / tau, dim=-1)  # [B, J, C_t]
+    target = _merge(teacher_probs, num_out, merge, axis)  # [B, J, C_s]
+    if detach_teacher:
+        target = target.detach()
+    log_student = F.log_softmax(student_logits / tau, dim=-1)  # [B, J, C_s]
+    return (torch.xlogy(target, target) - target * log_student).sum(-1)  # [B, J]
+
+
+def cca_loss(
+    student_x: Tensor,
+    student_y: Tensor,
+    teacher_x: Tensor,
+    teacher_y: Tensor,
+    tau: float | Tensor,
+    target_weight: Tensor | None = None,
+    merge: str = "integer",
+    reduction: str = "paper",
+) -> dict[str, Tensor]:
+    """CCA logit distillation loss (Eq. 6-7) for both SimCC axes.
+
+    Computed in float32 whatever the input dtype. The teacher logits are detached.
+
+    Args:
+        student_x: student x logits [B, J, W_s*k].
+        student_y: student y logits [B, J, H_s*k].
+        teacher_x: teacher x logits [B, J, W_t*k] (merged into the student's classes).
+        teacher_y: teacher y logits [B, J, H_t*k].
+        tau: temperature, a float or a 0-d tensor (gradients flow to it).
+        target_weight: [B, J] or [B, J, 1] joint weights ('paper' reduction only); None weighs all 1.
+        merge: 'integer' (Eq. 6, C_t = m*C_s per axis) or 'overlap' (any ratio).
+        reduction: 'paper' or 'official' (see the module docstring).
+
+    Returns:
+        dict with 'loss' (scalar, x + y), 'x' and 'y' (scalars), and 'per_joint' ([J], both axes,
+        same reduction over the samples as 'loss').
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cca_loss reduction is {reduction!r}; choose one of {REDUCTIONS}")
+    pairs = {"x": (student_x, teacher_x), "y": (student_y, teacher_y)}
+    for axis, (s, t) in pairs.items():
+        if s.dim() != 3 or t.dim() != 3 or s.shape[:2] != t.shape[:2]:
+            raise ValueError(
+                f"cca_loss: {axis} logits must be [B, J, C] with the same B and J; "
+                f"student {tuple(s.shape)}, teacher {tuple(t.shape)}"
+            )
+    batch, joints = student_x.shape[:2]
+    tau = torch.as_tensor(tau, dtype=torch.float32, device=student_x.device)
+    official = reduction == "official"
+    weight = None
+    if target_weight is not None and not official:
+        weight = target_weight.float().reshape(target_weight.shape[0], -1)
+        if weight.shape != (batch, joints):
+            raise ValueError(f"cca_loss: target_weight {tuple(target_weight.shape)} does not match [B, J] = [{batch}, {joints}]")
+
+    out: dict[str, Tensor] = {}
+    per_joint = 0.0
+    for axis, (s, t) in pairs.items():
+        kl = _kl_per_joint(s.float(), t.detach().float(), tau, merge, axis, detach_teacher=official)  # [B, J]
+        if official:
+            kl = kl / s.shape[-1]  # mean over the student classes
+            scale = 1.0  # summed over samples
+        else:
+            if weight is not None:
+                kl = kl * weight
+            scale = 1.0 / batch  # averaged over samples
+        kl = tau**2 * kl
+        out[axis] = kl.sum() * scale
+        per_joint = per_joint + kl.sum(0) * scale  # [J]
+    out["loss"] = out["x"] + out["y"]
+    out["per_joint"] = per_joint
+    return out

@@ -1,0 +1,296 @@
+"""Interactive prediction explorer: keypoint overlays and 1-D SimCC distributions per joint.
+
+Shows, for one person, one joint and one resolution, what CDKD (Gu et al., "Cross-Domain
+Knowledge Distillation for Low-Resolution Human Pose Estimation") works with: the student's or
+the teacher's keypoints on its own crop (Fig. 5), and the joint's SimCC x / y class distributions
+(Sec. III-A). On the student view the teacher's distribution merged into the student's classes
+(CCA, Eq. 6) is drawn on top, i.e. the target the logit loss of Eq. 7 pulls the student towards.
+
+Data are plain prediction records (see :mod:`cdkd.viz`): for each person a dict mapping
+'student' / 'teacher' to a view ``{'image', 'pred', 'gt', 'x_logits', 'y_logits', 'split_ratio'}``.
+:meth:`PredictionExplorer.from_models` builds them by running the two models on a dataset.
+:meth:`PredictionExplorer.render_static` draws a matplotlib figure (headless, papermill);
+:meth:`PredictionExplorer.widget` / :func:`explore` give the ipywidgets version in a notebook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from cdkd import viz
+
+VIEW_KEYS = ("image", "pred")
+
+
+def decode_argmax(x_logits: np.ndarray, y_logits: np.ndarray, split_ratio: float) -> np.ndarray:
+    """SimCC decoding (argmax / k, confidence = larger peak probability) of one batch.
+
+    Uses :func:`cdkd.codec.decode` when importable, else the same rule here.
+
+    Args:
+        x_logits: [B, J, W*k] array.
+        y_logits: [B, J, H*k] array.
+        split_ratio: k.
+
+    Returns:
+        [B, J, 3] float array (x, y, score) in crop pixels.
+    """
+    try:
+        from cdkd.codec import decode
+    except ImportError:
+        px, py = viz.probabilities(x_logits), viz.probabilities(y_logits)  # [B, J, C]
+        coords = np.stack([px.argmax(-1), py.argmax(-1)], axis=-1) / split_ratio  # [B, J, 2]
+        scores = np.maximum(px.max(-1), py.max(-1))  # [B, J]
+    else:
+        coords, scores = decode(np.asarray(x_logits, np.float32), np.asarray(y_logits, np.float32), split_ratio)
+    return np.concatenate([coords, scores[..., None]], axis=-1).astype(np.float64)  # [B, J, 3]
+
+
+def _check_records(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Validate records; return the resolutions every record has, student first."""
+    if not records:
+        raise ValueError("PredictionExplorer needs at least one record")
+    common = None
+    for i, record in enumerate(records):
+        views = [k for k, v in record.items() if isinstance(v, Mapping)]
+        for name in views:
+            missing = [key for key in VIEW_KEYS if key not in record[name]]
+            if missing:
+                raise KeyError(f"record {i}, view '{name}' lacks {missing} (needs {VIEW_KEYS})")
+        common = views if common is None else [v for v in common if v in views]
+    if not common:
+        raise ValueError("the records share no view (expected 'student' and/or 'teacher' dicts)")
+    order = {"student": 0, "teacher": 1}
+    return sorted(common, key=lambda v: order.get(v, 2))
+
+
+class PredictionExplorer:
+    """Browse predictions by sample, joint and resolution.
+
+    Args:
+        records: prediction records (module docstring of :mod:`cdkd.viz`).
+        dataset_name: 'coco' or 'mpii' (joint names and skeleton).
+        tau: temperature of the displayed softmaxes (Eq. 7; 1 shows the plain SimCC output).
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], dataset_name: str, tau: float = 1.0):
+        self.records = list(records)
+        self.resolutions = _check_records(self.records)
+        self.dataset_name = dataset_name
+        self.tau = float(tau)
+        first = self.records[0][self.resolutions[0]]
+        self.num_joints = int(np.asarray(first["pred"]).shape[0])
+        self.joint_names = viz.joint_names(dataset_name, self.num_joints)
+        self.figure: Figure | None = None  # last figure drawn by the widget
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @classmethod
+    def from_models(
+        cls,
+        student: Any,
+        teacher: Any | None,
+        dataset: Any,
+        n: int = 16,
+        batch_size: int = 8,
+        device: Any | None = None,
+        tau: float = 1.0,
+    ) -> PredictionExplorer:
+        """Run the student (and the teacher on its own crops) on the first ``n`` samples.
+
+        Args:
+            student: SimCC model returning PoseOutput (``.x`` [B, J, W*k], ``.y`` [B, J, H*k]),
+                with attribute ``split_ratio``.
+            teacher: the same for the teacher, or None for a student-only explorer; needs the
+                samples' 'teacher_image'.
+            dataset: indexable TopDownDataset (samples with 'image', 'joints', optionally
+                'teacher_image', 'image_id', 'index'); ``dataset_name`` names the joints.
+            n: number of samples (the first n).
+            batch_size: samples per forward pass.
+            device: where to run; default the student's parameter device.
+            tau: display temperature.
+
+        Returns:
+            A PredictionExplorer over n records.
+        """
+        import torch
+
+        count = min(int(n), len(dataset))
+        if count <= 0:
+            raise ValueError("from_models: the dataset is empty or n <= 0")
+        if device is None:
+            device = next(iter(student.parameters()), torch.empty(0)).device
+        models = {"student": student} if teacher is None else {"student": student, "teacher": teacher}
+        inputs = {"student": "image", "teacher": "teacher_image"}
+        modes = {name: model.training for name, model in models.items()}
+        records: list[dict[str, Any]] = []
+        try:
+            for model in models.values():
+                model.eval()
+            for start in range(0, count, batch_size):
+                samples = [dataset[i] for i in range(start, min(start + batch_size, count))]
+                batch_views: dict[str, list[dict[str, Any]]] = {}
+                for name, model in models.items():
+                    key = inputs[name]
+                    for i, s in enumerate(samples):
+                        if key not in s:
+                            raise KeyError(f"from_models: dataset sample {start + i} has no '{key}'")
+                    images = torch.stack([torch.as_tensor(s[key]) for s in samples]).float().to(device)  # [B, 3, h, w]
+                    with torch.no_grad():
+                        out = model(images)
+                    xs = out.x.float().cpu().numpy()  # [B, J, W*k]
+                    ys = out.y.float().cpu().numpy()  # [B, J, H*k]
+                    k = float(model.split_ratio)
+                    preds = decode_argmax(xs, ys, k)  # [B, J, 3]
+                    batch_views[name] = [
+                        {"image": viz.denormalize(s[key]), "pred": preds[b], "x_logits": xs[b], "y_logits": ys[b],
+                         "split_ratio": k}
+                        for b, s in enumerate(samples)
+                    ]
+                for b, s in enumerate(samples):
+                    record: dict[str, Any] = {"index": s.get("index", start + b)}
+                    if "image_id" in s:
+                        record["image_id"] = s["image_id"]
+                    joints = np.asarray(s["joints"], dtype=np.float64) if "joints" in s else None
+                    small = batch_views["student"][b]["image"].shape[:2]
+                    for name, views in batch_views.items():
+                        view = views[b]
+                        if joints is not None:
+                            h, w = view["image"].shape[:2]
+                            gt = joints.copy()
+                            gt[:, :2] = joints[:, :2] * np.array([w / small[1], h / small[0]])  # crop px of this view
+                            view["gt"] = gt
+                        record[name] = view
+                    records.append(record)
+        finally:
+            for name, model in models.items():
+                model.train(modes[name])
+        name = getattr(dataset, "dataset_name", "")
+        return cls(records, name, tau=tau)
+
+    # ------------------------------------------------------------------------------------------
+
+    def _distribution(self, ax: Axes, view: Mapping[str, Any], axis: str, j: int, teacher: Mapping[str, Any] | None,
+                      scale: float) -> None:
+        """One axis' class probabilities of joint j in the view's pixels, CCA target on top."""
+        logits = view.get(f"{axis}_logits")
+        ax.set_title(f"SimCC {axis} distribution", fontsize=10)
+        if logits is None:
+            viz.note_axis(ax, f"no {axis} logits in this record")
+            return
+        k = float(view.get("split_ratio", 1.0))
+        z = np.asarray(logits, dtype=np.float64)[j]  # [C]
+        p = viz.probabilities(z, self.tau)  # [C]
+        edges = (np.arange(p.size + 1) - 0.5) / k
+        ax.stairs(p, edges, fill=True, alpha=0.6, color=viz.STUDENT_COLOR,
+                  label=f"softmax (C={p.size}, tau={self.tau:g})")
+        centres = [(np.arange(p.size) / k, p)]
+        if teacher is not None and teacher.get(f"{axis}_logits") is not None:
+            zt = np.asarray(teacher[f"{axis}_logits"], dtype=np.float64)[j]  # [C_t]
+            if zt.size % p.size == 0:
+                m = zt.size // p.size
+                kt = float(teacher.get("split_ratio", 1.0))
+                merged = viz.merge_probabilities(viz.probabilities(zt, self.tau), m)  # [C_s]
+                left = (np.arange(p.size) * m - 0.5) / kt / scale  # teacher classes j*m.. in student px
+                ax.bar(left, merged, width=m / kt / scale, align="edge", fill=False, edgecolor=viz.TEACHER_COLOR,
+                       linewidth=1.2, label=f"teacher merged (Eq. 6, m={m})")
+                centres.append(((np.arange(p.size) * m + (m - 1) / 2) / kt / scale, merged))
+        col = 0 if axis == "x" else 1
+        pred = np.asarray(view["pred"], dtype=np.float64)[j]
+        ax.axvline(pred[col], color=viz.PRED_COLOR, linewidth=1.2, label=f"pred {pred[col]:.2f}")
+        gt = view.get("gt")
+        if gt is not None:
+            g = np.asarray(gt, dtype=np.float64)[j]
+            if g.size < 3 or g[2] > 0:
+                ax.axvline(g[col], color="black", linestyle="--", linewidth=1.2, label=f"gt {g[col]:.2f}")
+        ax.set_xlim(*viz.mass_window(centres, pad=2.0))
+        ax.set_xlabel(f"{axis} (crop px)")
+        ax.legend(fontsize=7, loc="best")
+
+    def render_static(self, index: int = 0, joint: int | str = 0, resolution: str = "student",
+                      save: str | Path | None = None) -> Figure:
+        """Overlay and x / y SimCC distributions of one joint of one record (headless figure).
+
+        Args:
+            index: record index.
+            joint: joint index or name.
+            resolution: 'student' or 'teacher' (any view the records have).
+            save: optional output path.
+
+        Returns:
+            Figure with 3 axes: overlay, x distribution, y distribution.
+        """
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"record index {index} out of range for {len(self.records)} records")
+        if resolution not in self.resolutions:
+            raise ValueError(f"resolution {resolution!r} not in the records; choose one of {self.resolutions}")
+        j = viz.joint_index(joint, self.joint_names)
+        record = self.records[index]
+        view = record[resolution]
+        teacher = record.get("teacher") if resolution == "student" else None
+        scale = 1.0
+        if teacher is not None:
+            scale = viz.as_rgb(teacher["image"]).shape[1] / viz.as_rgb(view["image"]).shape[1]
+
+        fig = Figure(figsize=(12, 3.8), layout="constrained")
+        axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": (1, 1.4, 1.4)})
+        viz.plot_predictions(view["image"], view["pred"], view.get("gt"), self.dataset_name, ax=axes[0], highlight=j,
+                             title=f"{resolution} #{record.get('image_id', record.get('index', index))}")
+        for ax, axis in zip(axes[1:], ("x", "y")):
+            self._distribution(ax, view, axis, j, teacher, scale)
+        fig.suptitle(f"'{self.joint_names[j]}' at the {resolution} resolution", fontsize=11)
+        return viz.finish_figure(fig, save)
+
+    def widget(self) -> Any:
+        """ipywidgets controls (sample, joint, resolution, tau) above the rendered figure.
+
+        Returns:
+            An ``ipywidgets.VBox``; display it in a notebook.
+        """
+        try:
+            import ipywidgets as widgets
+            from IPython.display import display
+        except ImportError as err:  # declared dependency; say what is missing
+            raise ImportError(f"the interactive explorer needs ipywidgets and IPython ({err}); "
+                              "use render_static() headless") from None
+        index = widgets.IntSlider(value=0, min=0, max=len(self.records) - 1, description="sample")
+        joint = widgets.Dropdown(options=[(n, j) for j, n in enumerate(self.joint_names)], value=0, description="joint")
+        resolution = widgets.ToggleButtons(options=list(self.resolutions), value=self.resolutions[0],
+                                           description="resolution")
+        tau = widgets.FloatLogSlider(value=self.tau, base=10, min=-1, max=1.5, description="tau")
+        out = widgets.Output()
+
+        def update(_change: Any = None) -> None:
+            self.tau = float(tau.value)
+            fig = self.render_static(index.value, joint.value, resolution.value)
+            self.figure = fig
+            with out:
+                out.clear_output(wait=True)
+                display(fig)
+
+        for control in (index, joint, resolution, tau):
+            control.observe(update, names="value")
+        update()
+        return widgets.VBox([widgets.HBox([index, joint]), widgets.HBox([resolution, tau]), out])
+
+
+def explore(source: PredictionExplorer | Sequence[Mapping[str, Any]], dataset_name: str = "", tau: float = 1.0) -> Any:
+    """The interactive explorer widget for a notebook cell.
+
+    Args:
+        source: a PredictionExplorer, or prediction records.
+        dataset_name: 'coco' or 'mpii' when ``source`` is records.
+        tau: display temperature when ``source`` is records.
+
+    Returns:
+        The ``ipywidgets.VBox`` of :meth:`PredictionExplorer.widget`.
+    """
+    explorer = source if isinstance(source, PredictionExplorer) else PredictionExplorer(source, dataset_name, tau=tau)
+    return explorer.widget()

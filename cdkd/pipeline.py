@@ -1,0 +1,102 @@
+"""The reproduction's steps as single calls, for the notebooks and ``python -m cdkd reproduce``.
+
+Every step reads and writes files in run folders under one output directory, so that notebooks
+pass results to each other through files, never through kernel state, and a step whose run folder
+already holds a ``metrics.json`` is not trained again (``force=True`` retrains).
+
+Layout under ``out_dir``::
+
+    runs/teacher/                      the high-resolution teacher
+    runs/r{res}_s{seed}_{variant}/     students: baseline, cdkd-paper, cdkd-official, ablations
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdkd.config import Config, load_config
+
+# Student variants: overrides applied on top of the student preset (Table I rows, both fidelities).
+VARIANTS: dict[str, tuple[str, ...]] = {
+    "baseline": ("train.mode=baseline",),
+    "cdkd-paper": ("train.mode=distill", "distill.fidelity=paper"),
+    "cdkd-official": ("train.mode=distill", "distill.fidelity=official"),
+}
+
+# Ablations of Tables III, V and VI (MPII 64x64 in the paper), as overrides of a distill run.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "projector-ensemble": ("train.mode=distill", "distill.sau=false", "distill.logit=none"),
+    "sape": ("train.mode=distill", "distill.logit=none"),
+    "necm": ("train.mode=distill", "distill.feature=none", "distill.etht=false"),
+    "cca-etht": ("train.mode=distill", "distill.feature=none"),
+    "conv-feature": ("train.mode=distill", "distill.feature=conv", "distill.logit=none"),
+    "fc-feature": ("train.mode=distill", "distill.feature=fc", "distill.logit=none"),
+    "fc-logit": ("train.mode=distill", "distill.feature=none", "distill.logit=fc"),
+    "k1": ("train.mode=distill", "distill.num_projectors=1"),
+    "k5": ("train.mode=distill", "distill.num_projectors=5"),
+}
+
+
+def _common(data_root: str | None, device: str, epochs: int | None, workers: int | None) -> list[str]:
+    out = [f"train.device={device}"]
+    if data_root:
+        out.append(f"data.root={data_root}")
+    if epochs:
+        out.append(f"train.epochs={epochs}")
+    if workers is not None:
+        out.append(f"data.workers={workers}")
+    return out
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """A run is complete when it wrote its final ``metrics.json``."""
+    return (Path(run_dir) / "metrics.json").exists()
+
+
+def teacher_config(preset: str, data_root: str | None = None, epochs: int | None = None, device: str = "auto",
+                   seed: int = 0, workers: int | None = None, extra: tuple[str, ...] = ()) -> Config:
+    """The teacher's config: ``{preset}_teacher`` with the common overrides."""
+    overrides = [*_common(data_root, device, epochs, workers), f"train.seed={seed}", *extra]
+    return load_config(f"{preset}_teacher", overrides)
+
+
+def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwargs) -> Path:
+    """Train (or reuse) the high-resolution teacher under ``out_dir/runs/teacher``."""
+    from cdkd.engine.train import fit
+
+    run_dir = Path(out_dir) / "runs" / "teacher"
+    if force or not is_complete(run_dir):
+        fit(teacher_config(preset, **kwargs), run_dir=run_dir, resume=None if force else "auto")
+    return run_dir
+
+
+def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: str | Path,
+                   data_root: str | None = None, epochs: int | None = None, device: str = "auto",
+                   workers: int | None = None, extra: tuple[str, ...] = ()) -> Config:
+    """A student's config at ``res`` x ``res``: ``{preset}_student`` + the variant's overrides."""
+    table = {**VARIANTS, **ABLATIONS}
+    if variant not in table:
+        raise KeyError(f"unknown variant '{variant}'; variants: {', '.join(table)}")
+    teacher_ckpt = Path(teacher_dir) / "best.pth"
+    overrides = [
+        *_common(data_root, device, epochs, workers),
+        f"model.input_size=[{res},{res}]",
+        f"train.seed={seed}",
+        f"teacher.checkpoint={teacher_ckpt}",
+        *table[variant],
+        *extra,
+    ]
+    return load_config(f"{preset}_student", overrides)
+
+
+def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str | Path, force: bool = False,
+                  **kwargs) -> Path:
+    """Train (or reuse) one student under ``out_dir/runs/r{res}_s{seed}_{variant}``."""
+    from cdkd.engine.train import fit
+
+    teacher_dir = kwargs.pop("teacher_dir", Path(out_dir) / "runs" / "teacher")
+    run_dir = Path(out_dir) / "runs" / f"r{res}_s{seed}_{variant}"
+    if force or not is_complete(run_dir):
+        cfg = student_config(preset, variant, res, seed, teacher_dir, **kwargs)
+        fit(cfg, run_dir=run_dir, resume=None if force else "auto")
+    return run_dir

@@ -1,0 +1,130 @@
+"""Results tables in the paper's format, aggregated over seeds, with the paper's numbers beside ours.
+
+Reads the ``metrics.json`` that every training run writes, groups runs by method and resolution,
+and reports mean and standard deviation over seeds, plus the paired (same seed) difference
+between each CDKD variant and the baseline. Nothing is tuned or selected here: every run found is
+counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from cdkd.reference import paper_number
+
+MPII_COLUMNS = ("Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean", "Mean@0.1")
+COCO_COLUMNS = ("AP", "AP50", "AP75", "APM", "APL", "AR")
+
+
+def method_label(record: dict) -> str:
+    mode = record.get("mode")
+    if mode == "distill":
+        d = record["config"]["distill"]
+        if d["feature"] == "sape" and d["logit"] == "cca":
+            return f"CDKD ({d['fidelity']})"
+        return f"distill {d['feature']}+{d['logit']} ({d['fidelity']})"
+    return {"baseline": "SimCC (baseline)", "teacher": "teacher"}.get(mode, str(mode))
+
+
+def load_runs(root: str | Path) -> list[dict]:
+    """Every ``metrics.json`` below ``root`` with its run folder, label, resolution and seed."""
+    runs = []
+    for path in sorted(Path(root).rglob("metrics.json")):
+        with open(path) as f:
+            record = json.load(f)
+        if "metrics" not in record or "model" not in record:
+            continue
+        record["run_dir"] = str(path.parent)
+        record["label"] = method_label(record)
+        record["resolution"] = int(record["model"]["input_size"][0])
+        record["seed"] = int(record["config"]["train"]["seed"])
+        runs.append(record)
+    return runs
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std, n
+
+
+def summarize(runs: list[dict], columns: tuple[str, ...]) -> dict[tuple[str, int], dict[str, tuple[float, float, int]]]:
+    """(label, resolution) -> column -> (mean, sample std, number of seeds)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["label"], r["resolution"]), []).append(r)
+    table = {}
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        row = {c: mean_std([float(m["metrics"][c]) for m in members if c in m["metrics"]]) for c in columns}
+        row["Params (M)"] = (members[0]["model"]["params"] / 1e6, 0.0, len(members))
+        row["GFLOPs (paper conv.)"] = (members[0]["model"]["paper_gflops"], 0.0, len(members))
+        row["GMACs (exact)"] = (members[0]["model"]["gmacs"], 0.0, len(members))
+        table[key] = row
+    return table
+
+
+def paired_difference(runs: list[dict], label: str, resolution: int, column: str,
+                      baseline: str = "SimCC (baseline)") -> dict:
+    """Per-seed ``label - baseline`` on ``column`` for the seeds both have."""
+    by_seed = {}
+    for r in runs:
+        if r["resolution"] == resolution and r["label"] in (label, baseline) and column in r["metrics"]:
+            by_seed.setdefault(r["seed"], {})[r["label"]] = float(r["metrics"][column])
+    diffs = {s: v[label] - v[baseline] for s, v in sorted(by_seed.items()) if label in v and baseline in v}
+    mean, std, n = mean_std(list(diffs.values()))
+    return {"per_seed": diffs, "mean": mean, "std": std, "n": n,
+            "wins": sum(d > 0 for d in diffs.values()), "losses": sum(d < 0 for d in diffs.values())}
+
+
+def _fmt(cell: tuple[float, float, int], digits: int = 2) -> str:
+    mean, std, n = cell
+    if n == 0 or math.isnan(mean):
+        return "-"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 and std > 0 else f"{mean:.{digits}f}"
+
+
+def markdown_table(runs: list[dict], dataset: str, arch_for_paper: str = "hrnet_w32") -> str:
+    """One row per (method, resolution): metric columns, Params, FLOPs, the paper's number."""
+    columns = MPII_COLUMNS if dataset == "mpii" else COCO_COLUMNS
+    table = summarize(runs, columns)
+    extra = ("Params (M)", "GFLOPs (paper conv.)", "GMACs (exact)")
+    head = ["Method", "Res", "Seeds", *columns, *extra, "Paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    main = "Mean" if dataset == "mpii" else "AP"
+    for (label, res), row in table.items():
+        method = "cdkd" if label.startswith("CDKD") else "simcc" if label.startswith("SimCC") else None
+        ref = paper_number(dataset, arch_for_paper, res, method) if method else None
+        cells = [label, f"{res}x{res}", str(row[main][2]), *(_fmt(row[c]) for c in columns),
+                 f"{row['Params (M)'][0]:.3f}", f"{row['GFLOPs (paper conv.)'][0]:.4f}",
+                 f"{row['GMACs (exact)'][0]:.4f}", f"{ref:.3f}" if ref is not None else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(runs: list[dict], dataset: str) -> list[str]:
+    """Plain sentences: did each CDKD variant beat the baseline, by how much, with what spread."""
+    column = "Mean" if dataset == "mpii" else "AP"
+    out = []
+    labels = sorted({r["label"] for r in runs if r["label"].startswith("CDKD")})
+    for res in sorted({r["resolution"] for r in runs if r["label"] != "teacher"}):
+        for label in labels:
+            d = paired_difference(runs, label, res, column)
+            if d["n"] == 0:
+                continue
+            seeds = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
+            if d["wins"] == d["n"]:
+                word = "beat"
+            elif d["losses"] == d["n"]:
+                word = "did not beat (worse on every seed)"
+            else:
+                word = "did not consistently beat"
+            out.append(
+                f"- {res}x{res}, {label} {word} the baseline: {column} difference {d['mean']:+.2f} "
+                f"± {d['std']:.2f} (mean ± std over {d['n']} paired seeds; {seeds})."
+            )
+    return out

@@ -1,0 +1,927 @@
+"""Figures for the CDKD reproduction: crops, SimCC distributions, predictions, training records.
+
+Illustrates "Cross-Domain Knowledge Distillation for Low-Resolution Human Pose Estimation" (CDKD,
+Gu et al.) and the SimCC representation it builds on (Li et al., ECCV 2022):
+
+* :func:`plot_paired_crops` - the teacher crop (256x256) and the student crop (32x32 / 64x64) warped
+  from the same person with the same centre, scale and rotation (Sec. III, Fig. 3 a), with the
+  SimCC one-hot targets of one joint (Sec. III-A). Notebook 01.
+* :func:`plot_simcc_distributions` - cross-class alignment (CCA, Sec. III-B1): the teacher's 256*k
+  class probabilities, merged every m classes (Eq. 6), next to the student's res*k probabilities
+  that Eq. 7 pulls towards them. Notebook 05.
+* :func:`plot_predictions`, :func:`plot_resolution_grid` - keypoint overlays at the student and the
+  teacher resolution (the paper's Fig. 5).
+* :func:`plot_training_curves`, :func:`plot_temperature`, :func:`plot_sau_weights` - the loss terms
+  of Eq. 8, the ETHT temperature tau and the reversal weight xi (Eq. 9-12), and the SAU projector
+  weights w_k (Eq. 3-4), read from a run folder's ``steps.csv``.
+* :func:`plot_metric_bars` - our tables against the paper's numbers (Tables I-X). Notebook 04.
+
+Every plotting function builds a :class:`matplotlib.figure.Figure` without pyplot (so nothing is
+shown or kept in pyplot's global figure list), returns it, and saves it when ``save=path`` is given.
+In a notebook the returned figure is displayed as the cell's value.
+
+Prediction records (used by :func:`plot_resolution_grid` and :mod:`cdkd.explorer`) are plain dicts
+that map a resolution name (``'student'``, ``'teacher'``) to a *view*::
+
+    {'image': uint8 [h, w, 3], 'pred': [J, 3] (x, y, score in crop px),
+     'gt': [J, 3] (x, y, visibility) or None,
+     'x_logits': [J, W*k] or None, 'y_logits': [J, H*k] or None, 'split_ratio': k}
+
+Other keys of a record (``'image_id'``, ``'index'``) are carried along and shown in titles.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+COCO_JOINTS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
+)  # fmt: skip
+COCO_SKELETON = (
+    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
+    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
+)  # fmt: skip
+MPII_JOINTS = (
+    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
+)  # fmt: skip
+MPII_SKELETON = (
+    (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
+    (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
+)  # fmt: skip
+
+JOINT_NAMES: dict[str, tuple[str, ...]] = {"coco": COCO_JOINTS, "mpii": MPII_JOINTS}
+SKELETONS: dict[str, tuple[tuple[int, int], ...]] = {"coco": COCO_SKELETON, "mpii": MPII_SKELETON}
+
+LEFT_COLOR = "#1f77b4"
+RIGHT_COLOR = "#d62728"
+CENTER_COLOR = "#2ca02c"
+PRED_COLOR = "#ff7f0e"
+GT_COLOR = "#17becf"
+TEACHER_COLOR = "#9467bd"
+STUDENT_COLOR = "#ff7f0e"
+
+
+# ----------------------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _numpy(x: Any, name: str) -> np.ndarray:
+    """A float64 numpy copy of a tensor / array / list; raises naming ``name`` on failure."""
+    if x is None:
+        raise ValueError(f"{name} is None")
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} cannot be converted to an array: {err}") from None
+
+
+def finish_figure(fig: Figure, save: str | Path | None, dpi: int = 120) -> Figure:
+    """Save ``fig`` to ``save`` (creating its folder) when given; return the figure."""
+    if save is not None:
+        path = Path(save)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return fig
+
+
+def probabilities(logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """SimCC class probabilities softmax(z / tau) over the last axis (numerically stable).
+
+    Args:
+        logits: [..., C] array.
+        tau: temperature (Eq. 7).
+
+    Returns:
+        [..., C] probabilities.
+    """
+    if tau <= 0:
+        raise ValueError(f"temperature tau must be positive, got {tau}")
+    z = logits / tau
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def merge_probabilities(probs: np.ndarray, m: int) -> np.ndarray:
+    """CCA Eq. 6 on arrays: sum every m adjacent probabilities.
+
+    Uses :func:`cdkd.distill.cca.merge_bins` when importable, else the same sum here.
+
+    Args:
+        probs: [..., C_t] probabilities.
+        m: merge factor; must divide C_t.
+
+    Returns:
+        [..., C_t / m] merged probabilities.
+    """
+    try:
+        import torch
+
+        from cdkd.distill.cca import merge_bins
+    except ImportError:
+        if probs.shape[-1] % m:
+            raise ValueError(f"cannot merge {probs.shape[-1]} classes by m={m}") from None
+        return probs.reshape(*probs.shape[:-1], probs.shape[-1] // m, m).sum(-1)  # [..., C_t/m]
+    return merge_bins(torch.from_numpy(probs), m).numpy()  # [..., C_t/m]
+
+
+def note_axis(ax: Axes, text: str) -> None:
+    """Write a centred note into an axis that has nothing to plot."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, color="0.4", wrap=True)
+
+
+def joint_names(dataset_name: str, num_joints: int | None = None) -> tuple[str, ...]:
+    """Joint names of a dataset, or ``joint0..`` for an unknown layout.
+
+    Args:
+        dataset_name: 'coco' or 'mpii' (any other name gives generic names).
+        num_joints: J; when it differs from the dataset's count, generic names are returned.
+
+    Returns:
+        Tuple of J names.
+    """
+    names = JOINT_NAMES.get(dataset_name.lower(), ())
+    if num_joints is None:
+        num_joints = len(names)
+    if len(names) != num_joints:
+        return tuple(f"joint{j}" for j in range(num_joints))
+    return names
+
+
+def skeleton_for(dataset_name: str, num_joints: int) -> tuple[tuple[int, int], ...]:
+    """The dataset's limbs when its joint count matches ``num_joints``, else no limbs."""
+    if len(JOINT_NAMES.get(dataset_name.lower(), ())) != num_joints:
+        return ()
+    return SKELETONS[dataset_name.lower()]
+
+
+def joint_index(joint: int | str, names: Sequence[str]) -> int:
+    """Resolve a joint given by index or name; raises naming the valid choices."""
+    if isinstance(joint, str):
+        if joint not in names:
+            raise ValueError(f"unknown joint name {joint!r}; joints: {', '.join(names)}")
+        return list(names).index(joint)
+    j = int(joint)
+    if not 0 <= j < len(names):
+        raise ValueError(f"joint index {j} out of range for {len(names)} joints")
+    return j
+
+
+def _side_color(name: str) -> str:
+    if name.startswith(("left", "l_")):
+        return LEFT_COLOR
+    if name.startswith(("right", "r_")):
+        return RIGHT_COLOR
+    return CENTER_COLOR
+
+
+# ----------------------------------------------------------------------------------------------
+# images and keypoints
+# ----------------------------------------------------------------------------------------------
+
+
+def denormalize(image: Any, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """Undo the ImageNet normalisation of a network input (the crops fed to SimCC, Sec. IV-A).
+
+    Args:
+        image: [3, h, w] tensor or array, RGB, normalised as (x/255 - mean) / std.
+        mean: per-channel mean used by the data pipeline.
+        std: per-channel standard deviation.
+
+    Returns:
+        uint8 array [h, w, 3] RGB, clipped to 0..255.
+    """
+    x = _numpy(image, "image")
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"denormalize expects a [3, h, w] image, got shape {tuple(x.shape)}")
+    x = x * np.asarray(std).reshape(3, 1, 1) + np.asarray(mean).reshape(3, 1, 1)
+    x = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(1, 2, 0))  # [h, w, 3]
+
+
+def as_rgb(image: Any) -> np.ndarray:
+    """An image ready for ``imshow``: uint8 [h, w, 3] kept, a normalised [3, h, w] input denormalised.
+
+    Args:
+        image: uint8 [h, w, 3] / [h, w] array, or a normalised [3, h, w] tensor / array.
+
+    Returns:
+        uint8 [h, w, 3] (or [h, w] for a grey image).
+    """
+    if hasattr(image, "detach") or (isinstance(image, np.ndarray) and image.dtype != np.uint8):
+        arr = image.detach().cpu().numpy() if hasattr(image, "detach") else image
+        if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+            return denormalize(arr)
+        if arr.dtype == np.uint8:
+            return arr
+        if arr.ndim in (2, 3) and np.nanmax(arr) <= 1.0 and np.nanmin(arr) >= 0.0:
+            return np.clip(np.rint(arr * 255), 0, 255).astype(np.uint8)
+        raise ValueError(f"cannot display image of shape {tuple(arr.shape)} and dtype {arr.dtype}; "
+                         "give uint8 [h, w, 3] or a normalised [3, h, w] tensor")
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"image must be [h, w, 3] or [h, w], got shape {tuple(arr.shape)}")
+    return arr
+
+
+def draw_keypoints(
+    ax: Axes,
+    image: Any,
+    joints: Any,
+    skeleton: Iterable[tuple[int, int]] = (),
+    color: str | None = None,
+    score_thr: float = 0.0,
+    names: Sequence[str] | None = None,
+    marker: str = "o",
+    size: float = 24.0,
+    linewidth: float = 1.5,
+    linestyle: str = "-",
+    hollow: bool = False,
+    label: str | None = None,
+    highlight: int | None = None,
+) -> dict[str, Any]:
+    """Draw an image (optional) with keypoints and limbs on ``ax``: the pose of one person.
+
+    A joint is drawn when its coordinates are finite and, for [J, 3] input, its third column
+    (visibility or confidence) is above ``score_thr``; a limb when both its joints are drawn.
+
+    Args:
+        ax: matplotlib axis.
+        image: uint8 [h, w, 3], a normalised [3, h, w] tensor, or None to draw keypoints only.
+        joints: [J, 2] or [J, 3] keypoints in the image's pixels.
+        skeleton: pairs of joint indices to connect (``COCO_SKELETON``, ``MPII_SKELETON``).
+        color: one colour for everything; None colours by body side (needs ``names``).
+        score_thr: joints with score <= this are hidden.
+        names: joint names, used for side colours.
+        marker, size, linewidth, linestyle: marker style and size (points^2), limb width and style.
+        hollow: draw markers as rings (ground truth under a prediction).
+        label: legend label of the markers.
+        highlight: index of a joint to ring in black (the joint under study).
+
+    Returns:
+        dict with 'points' (PathCollection), 'limbs' (LineCollection or None), 'visible' (bool [J]).
+    """
+    if image is not None:
+        rgb = as_rgb(image)
+        h, w = rgb.shape[:2]
+        ax.imshow(rgb, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+    kp = _numpy(joints, "joints")
+    if kp.ndim != 2 or kp.shape[1] not in (2, 3):
+        raise ValueError(f"joints must be [J, 2] or [J, 3], got shape {tuple(kp.shape)}")
+    num = kp.shape[0]
+    visible = np.isfinite(kp[:, :2]).all(axis=1)
+    if kp.shape[1] == 3:
+        visible &= kp[:, 2] > score_thr
+    if color is not None:
+        colors = [color] * num
+    else:
+        names = names if names is not None and len(names) == num else [f"joint{j}" for j in range(num)]
+        colors = [_side_color(n) for n in names]
+
+    limbs = None
+    segments, seg_colors = [], []
+    for a, b in skeleton:
+        if a >= num or b >= num:
+            raise ValueError(f"skeleton edge ({a}, {b}) refers to a joint beyond J={num}")
+        if visible[a] and visible[b]:
+            segments.append([kp[a, :2], kp[b, :2]])
+            seg_colors.append(colors[b])
+    if segments:
+        limbs = LineCollection(segments, colors=seg_colors, linewidths=linewidth, linestyles=linestyle, alpha=0.9)
+        ax.add_collection(limbs)
+    idx = np.flatnonzero(visible)
+    point_colors = [colors[j] for j in idx]
+    style = {"facecolors": "none", "edgecolors": point_colors, "linewidths": 1.5} if hollow else {
+        "c": point_colors, "edgecolors": "white", "linewidths": 0.5}
+    points = ax.scatter(kp[idx, 0], kp[idx, 1], s=size, marker=marker, label=label, zorder=3, **style)
+    if highlight is not None and 0 <= highlight < num and visible[highlight]:
+        ax.scatter([kp[highlight, 0]], [kp[highlight, 1]], s=size * 5, facecolors="none", edgecolors="black",
+                   linewidths=1.5, zorder=4)
+    if image is not None:
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return {"points": points, "limbs": limbs, "visible": visible}
+
+
+# ----------------------------------------------------------------------------------------------
+# paired crops and SimCC targets (notebook 01)
+# ----------------------------------------------------------------------------------------------
+
+
+def infer_split_ratio(joints: Any, target_x: Any, target_weight: Any | None = None) -> float:
+    """Estimate SimCC's k from targets: target = round(x * k), least squares, rounded to 0.5.
+
+    Args:
+        joints: [J, 2|3] joints in crop pixels.
+        target_x: [J] x class indices.
+        target_weight: [J] weights; joints with weight 0 are ignored.
+
+    Returns:
+        Estimated k.
+
+    Raises:
+        ValueError: when no labelled joint lies at x >= 1 px (k cannot be estimated).
+    """
+    x = _numpy(joints, "joints")[:, 0]
+    t = _numpy(target_x, "target_x").reshape(-1)
+    ok = np.isfinite(x) & (x >= 1.0)
+    if target_weight is not None:
+        ok &= _numpy(target_weight, "target_weight").reshape(-1) > 0
+    if not ok.any():
+        raise ValueError("cannot infer the split ratio k: no labelled joint at x >= 1 px; pass split_ratio")
+    k = float((t[ok] * x[ok]).sum() / (x[ok] ** 2).sum())
+    return round(k * 2) / 2
+
+
+def plot_paired_crops(
+    sample: Mapping[str, Any],
+    dataset_name: str,
+    joint: int | str | None = None,
+    split_ratio: float | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Teacher and student crops of one person with keypoints, and one joint's SimCC targets.
+
+    Illustrates CDKD's paired inputs (Sec. III, Fig. 3 a): both crops are warped from the same
+    image with the same centre / scale / rotation / flip, so a student pixel maps to m teacher
+    pixels (m = teacher size / student size) and the student's joints times m land on the
+    teacher's person. The bottom row shows the SimCC one-hot classification targets of one joint
+    (Sec. III-A; class round(x * k) out of W*k), with the continuous position x*k dashed.
+
+    Args:
+        sample: a TopDownDataset sample: 'image' [3, h, w] and 'teacher_image' [3, H, W]
+            (normalised), 'joints' [J, 3] student-crop px, 'target_x', 'target_y' [J],
+            'target_weight' [J]; 'image_id' and 'index' are shown when present.
+        dataset_name: 'coco' or 'mpii' (skeleton and joint names).
+        joint: joint index or name whose targets are shown; None picks the first labelled one.
+        split_ratio: k; None uses ``sample['split_ratio']`` or estimates it from the targets.
+        save: optional path of a PNG/PDF.
+
+    Returns:
+        Figure with 4 axes: teacher crop, student crop, x target, y target.
+    """
+    for key in ("image", "teacher_image", "joints", "target_x", "target_y"):
+        if key not in sample:
+            raise KeyError(f"plot_paired_crops: sample has no '{key}' (keys: {', '.join(map(str, sample))})")
+    student = as_rgb(sample["image"])
+    teacher = as_rgb(sample["teacher_image"])
+    h, w = student.shape[:2]
+    big_h, big_w = teacher.shape[:2]
+    scale = np.array([big_w / w, big_h / h])
+    joints = _numpy(sample["joints"], "joints")
+    num = joints.shape[0]
+    names = joint_names(dataset_name, num)
+    edges = skeleton_for(dataset_name, num)
+    tx = _numpy(sample["target_x"], "target_x").reshape(-1)
+    ty = _numpy(sample["target_y"], "target_y").reshape(-1)
+    weight = _numpy(sample.get("target_weight", np.ones(num)), "target_weight").reshape(-1)
+    if split_ratio is None:
+        split_ratio = sample.get("split_ratio")
+    inferred = split_ratio is None
+    k = infer_split_ratio(joints, tx, weight) if inferred else float(split_ratio)
+    if joint is None:
+        labelled = np.flatnonzero(weight > 0)
+        j = int(labelled[0]) if labelled.size else 0
+    else:
+        j = joint_index(joint, names)
+
+    fig = Figure(figsize=(9, 7), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 1.2))
+    ax_t, ax_s = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    scaled = joints.copy()
+    scaled[:, :2] = joints[:, :2] * scale
+    draw_keypoints(ax_t, teacher, scaled, edges, names=names, highlight=j)
+    ax_t.set_title(f"teacher crop {big_w}x{big_h}\nstudent joints x m (m = {big_w / w:g})", fontsize=10)
+    draw_keypoints(ax_s, student, joints, edges, names=names, highlight=j, size=40)
+    ax_s.set_title(f"student crop {w}x{h}\njoints in crop pixels", fontsize=10)
+
+    for col, (axis, targets, coord, size) in enumerate((("x", tx, joints[j, 0], w), ("y", ty, joints[j, 1], h))):
+        ax = fig.add_subplot(grid[1, col])
+        classes = int(size * k)
+        c = int(targets[j])
+        onehot = np.zeros(classes)
+        if 0 <= c < classes:
+            onehot[c] = 1.0
+        color = STUDENT_COLOR if weight[j] > 0 else "0.6"
+        ax.bar(np.arange(classes), onehot, width=1.0, color=color, label=f"target class {c}")
+        ax.axvline(coord * k, color="black", linestyle="--", linewidth=1, label=f"{axis}*k = {coord * k:.2f}")
+        ax.set_xlim(max(-0.5, c - 12.5), min(classes - 0.5, c + 12.5))  # zoom: the rounding is visible
+        ax.set_ylim(0, 1.15)
+        ax.set_xlabel(f"{axis} class (of 0..{classes - 1}: {size} px x k={k:g}{' inferred' if inferred else ''})")
+        ax.set_title(f"SimCC {axis} target of '{names[j]}' (weight {weight[j]:g})", fontsize=10)
+        ax.legend(fontsize=8, loc="upper right")
+    meta = ", ".join(f"{key} {sample[key]}" for key in ("image_id", "index") if key in sample)
+    fig.suptitle(f"{dataset_name.upper()} paired crops" + (f" ({meta})" if meta else ""))
+    return finish_figure(fig, save)
+
+
+# ----------------------------------------------------------------------------------------------
+# SimCC distributions and CCA (notebook 05)
+# ----------------------------------------------------------------------------------------------
+
+
+def mass_window(probs: Sequence[tuple[np.ndarray, np.ndarray]], pad: float) -> tuple[float, float]:
+    """Axis window holding all but 0.1% of each distribution's mass, padded (zoom on the peaks).
+
+    Args:
+        probs: (bin centres [C], probabilities [C]) pairs.
+        pad: added on both sides, in the centres' unit.
+
+    Returns:
+        (low, high).
+    """
+    lo, hi = math.inf, -math.inf
+    for centers, p in probs:
+        cdf = np.cumsum(p) / max(p.sum(), 1e-12)
+        first = int(np.searchsorted(cdf, 0.0005))
+        last = int(np.searchsorted(cdf, 0.9995))
+        lo = min(lo, centers[min(first, len(centers) - 1)])
+        hi = max(hi, centers[min(last, len(centers) - 1)])
+    return lo - pad, hi + pad
+
+
+def plot_simcc_distributions(
+    teacher_x_logits: Any,
+    student_x_logits: Any,
+    m: int,
+    tau: float = 1.0,
+    joint_name: str = "",
+    teacher_y_logits: Any | None = None,
+    student_y_logits: Any | None = None,
+    split_ratio: float | None = None,
+    xlim: str | tuple[float, float] | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """CCA (Sec. III-B1): teacher probabilities, their m-bin merge (Eq. 6) and the student's.
+
+    Left panel: p^t = softmax(z^t / tau) over the teacher's C_t = 256*k classes. Right panel: the
+    merged teacher p~t_j = sum of p^t over classes j*m .. j*m+m-1 (Eq. 6, bars) and the student's
+    p^s = softmax(z^s / tau) over C_s = C_t / m classes (steps), the pair whose KL Eq. 7 takes
+    (its value tau^2 * KL(p~t || p^s) is in the title).
+
+    All panels share one axis in teacher-frame input pixels: SimCC class c of a k-split sits at
+    pixel c / k, so teacher class i covers [(i - 0.5)/k, (i + 0.5)/k), student class j sits at
+    j*m/k and covers m/k teacher pixels, and the merged bin j covers teacher classes j*m .. j*m+m-1,
+    i.e. it is centred (m - 1) / (2k) teacher pixels right of student class j (visible as an offset
+    between bars and steps). Without ``split_ratio`` the axis is in teacher classes (k taken as 1).
+
+    Args:
+        teacher_x_logits: [C_t] teacher x logits of one joint.
+        student_x_logits: [C_s] student x logits of the same joint; C_t must equal m * C_s.
+        m: merge factor (teacher size / student size, 8 for 32 -> 256, 4 for 64 -> 256).
+        tau: temperature of both softmaxes (Eq. 7).
+        joint_name: shown in the title.
+        teacher_y_logits, student_y_logits: optional y logits; adds a second row.
+        split_ratio: SimCC k, to label the axis in pixels.
+        xlim: None zooms on the distributions' mass, 'full' shows the whole axis, or (lo, hi) pixels.
+        save: optional output path.
+
+    Returns:
+        Figure with 2 axes per SimCC axis (2 for x only, 4 with y). The right panel's first bar
+        container holds the merged teacher probabilities.
+    """
+    rows = [("x", teacher_x_logits, student_x_logits)]
+    if (teacher_y_logits is None) != (student_y_logits is None):
+        raise ValueError("give both teacher_y_logits and student_y_logits, or neither")
+    if teacher_y_logits is not None:
+        rows.append(("y", teacher_y_logits, student_y_logits))
+    m = int(m)
+    k = float(split_ratio) if split_ratio else 1.0
+    unit = "input pixel (teacher frame)" if split_ratio else "teacher class index"
+
+    fig = Figure(figsize=(11, 3.2 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), 2, squeeze=False, sharex="row")
+    for r, (axis, t_logits, s_logits) in enumerate(rows):
+        zt = _numpy(t_logits, f"teacher_{axis}_logits").reshape(-1)  # [C_t]
+        zs = _numpy(s_logits, f"student_{axis}_logits").reshape(-1)  # [C_s]
+        if zt.size != m * zs.size:
+            raise ValueError(f"CCA on the {axis} axis needs C_t = m * C_s; got C_t={zt.size}, m={m}, C_s={zs.size}")
+        pt = probabilities(zt, tau)  # [C_t]
+        ps = probabilities(zs, tau)  # [C_s]
+        merged = merge_probabilities(pt, m)  # [C_s]
+        log_ps = zs / tau - zs.max() / tau
+        log_ps = log_ps - np.log(np.exp(log_ps).sum())  # log softmax, finite where p^s underflows
+        pos = merged > 0
+        kl = float(tau**2 * np.sum(merged[pos] * (np.log(merged[pos]) - log_ps[pos])))  # Eq. 7, one joint
+
+        t_edges = (np.arange(zt.size + 1) - 0.5) / k  # teacher class i: [(i-0.5)/k, (i+0.5)/k)
+        s_edges = (np.arange(zs.size + 1) - 0.5) * m / k  # student class j centred at j*m/k
+        merged_left = (np.arange(zs.size) * m - 0.5) / k  # merged bin j: teacher classes j*m..j*m+m-1
+
+        ax_t, ax_m = axes[r]
+        ax_t.stairs(pt, t_edges, fill=True, color=TEACHER_COLOR, alpha=0.8, label=f"teacher p^t ({zt.size} classes)")
+        ax_t.set_title(f"{axis}: teacher softmax(z/tau), C_t = {zt.size}, tau = {tau:g}", fontsize=10)
+        ax_m.bar(merged_left, merged, width=m / k, align="edge", color=TEACHER_COLOR, alpha=0.45,
+                 edgecolor=TEACHER_COLOR, linewidth=0.5, label=f"merged teacher p~t (Eq. 6, m={m})")
+        ax_m.stairs(ps, s_edges, color=STUDENT_COLOR, linewidth=2, label=f"student p^s ({zs.size} classes)")
+        ax_m.set_title(f"{axis}: CCA merge vs student, tau^2 KL(p~t||p^s) = {kl:.4f}", fontsize=10)
+        for ax in (ax_t, ax_m):
+            ax.set_xlabel(unit)
+            ax.set_ylabel("probability")
+            ax.legend(fontsize=8, loc="upper right")
+        if xlim == "full":
+            ax_t.set_xlim(t_edges[0], t_edges[-1])
+        elif xlim is None:
+            centers_t = np.arange(zt.size) / k
+            centers_s = np.arange(zs.size) * m / k
+            ax_t.set_xlim(*mass_window([(centers_t, pt), (centers_s, ps), (centers_s, merged)], pad=2 * m / k))
+        else:
+            ax_t.set_xlim(*xlim)
+    title = "SimCC distributions" + (f" of '{joint_name}'" if joint_name else "")
+    fig.suptitle(f"{title}: cross-class alignment, {m} teacher classes per student class")
+    return finish_figure(fig, save)
+
+
+# ----------------------------------------------------------------------------------------------
+# predictions (the paper's Fig. 5)
+# ----------------------------------------------------------------------------------------------
+
+
+def plot_predictions(
+    image: Any,
+    pred_joints: Any,
+    gt_joints: Any | None = None,
+    dataset_name: str = "coco",
+    ax: Axes | None = None,
+    title: str | None = None,
+    score_thr: float = 0.0,
+    highlight: int | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Predicted (filled) and ground-truth (rings, dashed limbs) keypoints on one crop (Fig. 5).
+
+    The overlay is drawn at the crop's own resolution (32x32, 64x64 or 256x256 pixels), so a
+    low-resolution prediction is seen on the pixels the student saw.
+
+    Args:
+        image: uint8 [h, w, 3] or a normalised [3, h, w] tensor.
+        pred_joints: [J, 2|3] predicted keypoints (x, y, score) in crop pixels.
+        gt_joints: optional [J, 2|3] ground truth (x, y, visibility) in the same pixels.
+        dataset_name: 'coco' or 'mpii'.
+        ax: draw into this axis instead of a new figure.
+        title: axis title (default: the crop size).
+        score_thr: hide predicted joints with score <= this and ground truth with visibility <= 0.
+        highlight: index of a joint to ring.
+        save: optional output path.
+
+    Returns:
+        The figure holding the axis.
+    """
+    pred = _numpy(pred_joints, "pred_joints")
+    num = pred.shape[0]
+    names = joint_names(dataset_name, num)
+    edges = skeleton_for(dataset_name, num)
+    if ax is None:
+        fig = Figure(figsize=(4, 4), layout="constrained")
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    rgb = as_rgb(image)
+    h, w = rgb.shape[:2]
+    if gt_joints is not None:
+        gt = _numpy(gt_joints, "gt_joints")
+        if gt.shape[0] != num:
+            raise ValueError(f"gt_joints has {gt.shape[0]} joints but pred_joints has {num}")
+        draw_keypoints(ax, rgb, gt, edges, color=GT_COLOR, linestyle="--", hollow=True, size=40,
+                       label="ground truth")
+        rgb = None
+    draw_keypoints(ax, rgb, pred, edges, color=PRED_COLOR, score_thr=score_thr, names=names, label="prediction",
+                   highlight=highlight)
+    ax.set_title(title if title is not None else f"{w}x{h}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.6)
+    return finish_figure(fig, save)
+
+
+def plot_resolution_grid(
+    records: Sequence[Mapping[str, Any]],
+    dataset_name: str,
+    resolutions: Sequence[str] = ("student", "teacher"),
+    score_thr: float = 0.0,
+    save: str | Path | None = None,
+) -> Figure:
+    """Predictions at every resolution for a few people: one row per resolution, one column each.
+
+    Shows what the paper's Fig. 5 shows for the student, side by side with the teacher at 256x256
+    on the same people (the two models CDKD connects).
+
+    Args:
+        records: prediction records (see the module docstring), each with a view per resolution.
+        dataset_name: 'coco' or 'mpii'.
+        resolutions: the record keys to show, one row each.
+        score_thr: hide predicted joints with score <= this.
+        save: optional output path.
+
+    Returns:
+        Figure with len(resolutions) x len(records) axes.
+    """
+    if not records:
+        raise ValueError("plot_resolution_grid needs at least one record")
+    fig = Figure(figsize=(2.4 * len(records), 2.6 * len(resolutions)), layout="constrained")
+    axes = fig.subplots(len(resolutions), len(records), squeeze=False)
+    for c, record in enumerate(records):
+        for r, res in enumerate(resolutions):
+            if res not in record:
+                raise KeyError(f"record {c} has no '{res}' view (keys: {', '.join(map(str, record))})")
+            view = record[res]
+            rgb = as_rgb(view["image"])
+            label = record.get("image_id", record.get("index", c))
+            plot_predictions(rgb, view["pred"], view.get("gt"), dataset_name, ax=axes[r, c], score_thr=score_thr,
+                             title=f"{res} {rgb.shape[1]}x{rgb.shape[0]} #{label}")
+            if c or r:
+                legend = axes[r, c].get_legend()
+                if legend is not None:
+                    legend.remove()
+    return finish_figure(fig, save)
+
+
+# ----------------------------------------------------------------------------------------------
+# training records (steps.csv)
+# ----------------------------------------------------------------------------------------------
+
+
+def read_steps(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Read a run's ``steps.csv`` into float columns (empty cells become NaN).
+
+    Args:
+        run_dir: the run folder, or the path of the CSV itself.
+
+    Returns:
+        dict column name -> float64 array, one entry per logged step, in file order.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the file, line and column of a non-numeric cell.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "steps.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no training record at {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns: dict[str, list[float]] = {name: [] for name in (reader.fieldnames or [])}
+        for line, row in enumerate(reader, start=2):
+            for name, values in columns.items():
+                cell = row.get(name)
+                if cell is None or cell.strip() == "":
+                    values.append(math.nan)
+                    continue
+                try:
+                    values.append(float(cell))
+                except ValueError:
+                    raise ValueError(f"{path}, line {line}, column '{name}': {cell!r} is not a number") from None
+    return {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
+
+
+def _runs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path] | str | Path) -> dict[str, Path]:
+    """Normalise run folders to {label: path}; labels default to the folder names."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    if isinstance(run_dirs, Mapping):
+        return {str(label): Path(p) for label, p in run_dirs.items()}
+    return {Path(p).name or str(p): Path(p) for p in run_dirs}
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average over ``window`` points (NaN-free input)."""
+    if window <= 1 or values.size < 2:
+        return values
+    window = min(window, values.size)
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    out = np.empty_like(values)
+    for i in range(values.size):
+        lo = max(0, i + 1 - window)
+        out[i] = (csum[i + 1] - csum[lo]) / (i + 1 - lo)
+    return out
+
+
+def _series(steps: dict[str, np.ndarray], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray] | None:
+    """(x, y) of a column with NaN rows dropped, or None when the column is absent or empty."""
+    if key not in steps:
+        return None
+    y = steps[key]
+    xs = steps[x] if x in steps else np.arange(y.size, dtype=np.float64)
+    ok = np.isfinite(y) & np.isfinite(xs)
+    if not ok.any():
+        return None
+    return xs[ok], y[ok]
+
+
+def plot_training_curves(
+    run_dirs: Sequence[str | Path] | Mapping[str, str | Path] | str | Path,
+    keys: Sequence[str] = ("task", "feature", "logit"),
+    smooth: int = 1,
+    logy: bool = False,
+    save: str | Path | None = None,
+) -> Figure:
+    """Loss terms of Eq. 8 over training steps, one panel per term, one line per run.
+
+    ``task`` is L_ori, ``feature`` is alpha * L_fea (SAPE, Eq. 5), ``logit`` beta * L_logit (CCA,
+    Eq. 7), as the engine records them; any other ``steps.csv`` column (``loss``, ``lr``) works too.
+    A term a run did not record is skipped for that run, and a panel no run has says so.
+
+    Args:
+        run_dirs: run folders, or {label: folder}.
+        keys: columns to plot.
+        smooth: trailing moving-average window in logged steps (1 = raw).
+        logy: logarithmic y axis.
+        save: optional output path.
+
+    Returns:
+        Figure with one axis per key.
+    """
+    runs = _runs(run_dirs)
+    records = {label: read_steps(path) for label, path in runs.items()}
+    fig = Figure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    for ax, key in zip(axes, keys):
+        plotted = 0
+        for label, steps in records.items():
+            series = _series(steps, key)
+            if series is None:
+                continue
+            xs, ys = series
+            ax.plot(xs, _smooth(ys, smooth), label=label, linewidth=1.2)
+            plotted += 1
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step")
+        if plotted:
+            if logy:
+                ax.set_yscale("log")
+            ax.legend(fontsize=8)
+        else:
+            note_axis(ax, f"'{key}' not recorded\nin {', '.join(records)}")
+    return finish_figure(fig, save)
+
+
+def plot_temperature(run_dir: str | Path, save: str | Path | None = None) -> Figure:
+    """ETHT (Sec. III-B2, Eq. 9-12): the learned temperature tau and the reversal weight xi.
+
+    Args:
+        run_dir: a run folder with ``steps.csv`` (columns 'tau' and 'xi'; either may be absent).
+        save: optional output path.
+
+    Returns:
+        Figure with 2 axes (tau, xi); a missing column leaves a note in its axis.
+    """
+    steps = read_steps(run_dir)
+    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    labels = {"tau": "temperature tau (Eq. 7, learned by ETHT)", "xi": "reversal weight xi (Eq. 12)"}
+    for ax, key in zip(axes, ("tau", "xi")):
+        series = _series(steps, key)
+        ax.set_title(labels[key], fontsize=10)
+        ax.set_xlabel("step")
+        if series is None:
+            note_axis(ax, f"'{key}' not recorded in {Path(run_dir).name}")
+            continue
+        ax.plot(*series, color=TEACHER_COLOR if key == "tau" else STUDENT_COLOR, linewidth=1.4)
+    return finish_figure(fig, save)
+
+
+def sau_columns(steps: Mapping[str, np.ndarray]) -> list[str]:
+    """The ``sau_w<k>`` columns of a training record, in projector order."""
+    found = [c for c in steps if c.startswith("sau_w") and c[5:].isdigit()]
+    return sorted(found, key=lambda c: int(c[5:]))
+
+
+def plot_sau_weights(run_dir: str | Path, save: str | Path | None = None) -> Figure:
+    """SAU projector weights w_k (Eq. 3-4) over training, as a stacked area (they sum to one).
+
+    Args:
+        run_dir: a run folder with ``steps.csv`` holding ``sau_w0``, ``sau_w1``, ... (batch means of
+            the softmax weights); a run without them gets a note instead.
+        save: optional output path.
+
+    Returns:
+        Figure with one axis.
+    """
+    steps = read_steps(run_dir)
+    columns = sau_columns(steps)
+    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_title("SAU weights w_k over the projectors (Eq. 3-4)", fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylabel("weight")
+    if not columns:
+        note_axis(ax, f"no sau_w* columns in {Path(run_dir).name}/steps.csv\n(columns: {', '.join(steps)})")
+        return finish_figure(fig, save)
+    values = np.stack([steps[c] for c in columns])  # [K, N]
+    xs = steps["step"] if "step" in steps else np.arange(values.shape[1], dtype=np.float64)
+    ok = np.isfinite(values).all(axis=0) & np.isfinite(xs)
+    ax.stackplot(xs[ok], values[:, ok], labels=[f"w{c[5:]}" for c in columns], alpha=0.85)
+    ax.set_ylim(0, max(1.0, float(values[:, ok].sum(0).max(initial=1.0))))
+    ax.legend(fontsize=8, loc="upper right")
+    return finish_figure(fig, save)
+
+
+# ----------------------------------------------------------------------------------------------
+# result tables (notebook 04)
+# ----------------------------------------------------------------------------------------------
+
+
+def _mean_std(value: Any, where: str) -> tuple[float, float]:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return float(value), math.nan
+    raise ValueError(f"{where}: expected a number or (mean, std), got {value!r}")
+
+
+def plot_metric_bars(
+    table: Mapping[str, Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    reference: Mapping[str, Mapping[str, float]] | None = None,
+    ylabel: str = "",
+    zoom: bool = True,
+    annotate: bool = True,
+    save: str | Path | None = None,
+) -> Figure:
+    """Grouped bars of our results (mean +- std over seeds) with the paper's numbers as markers.
+
+    One group per column (a metric, e.g. PCKh Mean or AP), one bar per row label (a method or
+    setting, e.g. 'SimCC 64x64', 'CDKD 64x64'); a black diamond marks the paper's value for the
+    same (label, column) where ``reference`` has one (Tables I-X). Reference entries without a bar
+    are not drawn.
+
+    Args:
+        table: {label: {column: (mean, std) or mean}}; a missing column leaves a gap.
+        columns: columns to show, in order (default: all, in first-seen order).
+        reference: {label: {column: paper value}}.
+        ylabel: y axis label.
+        zoom: start the y axis near the smallest value instead of 0 (differences of ~1 point
+            are invisible from 0); the bars are then truncated, which the axis makes plain.
+        annotate: write each mean above its bar.
+        save: optional output path.
+
+    Returns:
+        Figure with one axis; one BarContainer per label; the reference markers are one
+        PathCollection labelled 'paper'.
+    """
+    if not table:
+        raise ValueError("plot_metric_bars needs a non-empty table")
+    if columns is None:
+        columns = list(dict.fromkeys(c for row in table.values() for c in row))
+    labels = list(table)
+    width = 0.8 / len(labels)
+    fig = Figure(figsize=(max(5.0, 1.3 * len(columns) * max(1, len(labels)) ** 0.5 + 2), 3.8), layout="constrained")
+    ax = fig.add_subplot()
+    shown: list[float] = []
+    ref_x, ref_y = [], []
+    positions = np.arange(len(columns))
+    for i, label in enumerate(labels):
+        means, stds = [], []
+        for col in columns:
+            if col in table[label]:
+                mean, std = _mean_std(table[label][col], f"table['{label}']['{col}']")
+            else:
+                mean, std = math.nan, math.nan
+            means.append(mean)
+            stds.append(std)
+        xs = positions - 0.4 + width * (i + 0.5)
+        errs = np.nan_to_num(np.asarray(stds), nan=0.0)
+        ax.bar(xs, means, width=width * 0.92, yerr=errs, capsize=3, label=label, error_kw={"linewidth": 1})
+        shown += [v for v in means if np.isfinite(v)]
+        tops = [mean + err for mean, err in zip(means, errs)]
+        if reference and label in reference:
+            for i_col, (x, col, mean) in enumerate(zip(xs, columns, means)):
+                if col in reference[label] and np.isfinite(mean):
+                    ref_x.append(x)
+                    ref_y.append(float(reference[label][col]))
+                    tops[i_col] = max(tops[i_col], ref_y[-1])
+        if annotate:
+            for x, mean, top in zip(xs, means, tops):
+                if np.isfinite(mean):
+                    ax.annotate(f"{mean:.2f}", (x, top), textcoords="offset points", xytext=(0, 4),
+                                ha="center", va="bottom", fontsize=7)
+    if ref_x:
+        ax.scatter(ref_x, ref_y, marker="D", s=30, color="black", zorder=4, label="paper")
+        shown += ref_y
+    ax.set_xticks(positions, list(columns))
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if zoom and shown:
+        lo, hi = min(shown), max(shown)
+        pad = max(0.15 * (hi - lo), 0.5)
+        ax.set_ylim(max(0.0, lo - 2 * pad), hi + 1.5 * pad)
+    return finish_figure(fig, save)
