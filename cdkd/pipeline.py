@@ -100,3 +100,29 @@ def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str |
         cfg = student_config(preset, variant, res, seed, teacher_dir, **kwargs)
         fit(cfg, run_dir=run_dir, resume=None if force else "auto")
     return run_dir
+
+
+def switch_overrides(sape: bool = True, cca: bool = True, etht: bool = True) -> tuple[str, ...]:
+    """The notebook's SAPE / CCA / ETHT switches as config overrides of the CDKD variants."""
+    out = []
+    if not sape:
+        out.append("distill.feature=none")
+    if not cca:
+        out.append("distill.logit=none")
+    if not etht:
+        out.append("distill.etht=false")
+    return tuple(out)
+
+
+def train_students(preset: str, variants: str | list[str], res: int, seed: int, out_dir: str | Path,
+                   sape: bool = True, cca: bool = True, etht: bool = True, force: bool = False,
+                   **kwargs) -> dict[str, Path]:
+    """Train each variant (``'baseline,cdkd-paper,cdkd-official'``) at ``res``; returns run folders."""
+    names = [v.strip() for v in variants.split(",")] if isinstance(variants, str) else list(variants)
+    switches = switch_overrides(sape, cca, etht)
+    extra = tuple(kwargs.pop("extra", ()))
+    runs = {}
+    for name in names:
+        more = extra + (switches if name != "baseline" else ())
+        runs[name] = train_student(preset, name, res, seed, out_dir, force=force, extra=more, **kwargs)
+    return runs

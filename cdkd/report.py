@@ -128,3 +128,109 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
                 f"± {d['std']:.2f} (mean ± std over {d['n']} paired seeds; {seeds})."
             )
     return out
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The ``metrics.json`` of one run (with its label), for display in a notebook."""
+    runs = [r for r in load_runs(run_dir) if Path(r["run_dir"]) == Path(run_dir)]
+    if not runs:
+        raise FileNotFoundError(f"no metrics.json in {run_dir}: has the run finished?")
+    return runs[0]
+
+
+def paper_table(dataset: str) -> dict[str, dict[str, float]]:
+    """The paper's main numbers as bar-chart references: label -> {resolution column: value}."""
+    from cdkd.reference import COCO_AP, MPII_PCKH_MEAN
+
+    table = MPII_PCKH_MEAN if dataset == "mpii" else COCO_AP
+    out: dict[str, dict[str, float]] = {}
+    for (arch, res, method), value in table.items():
+        if arch != "hrnet_w32" and dataset == "mpii":
+            continue
+        label = {"simcc": "SimCC (baseline)", "cdkd": "CDKD (paper)"}.get(method)
+        if label:
+            out.setdefault(label, {})[f"{res}x{res}"] = value
+    return out
+
+
+def bar_table(runs: list[dict], dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """label -> {resolution: (mean, std)} of the main metric, for ``viz.plot_metric_bars``."""
+    main = "Mean" if dataset == "mpii" else "AP"
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for (label, res), row in summarize([r for r in runs if r["label"] != "teacher"], (main,)).items():
+        mean, std, _ = row[main]
+        out.setdefault(label, {})[f"{res}x{res}"] = (mean, std)
+    return out
+
+
+def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd results",
+                  note: str = "") -> Path:
+    """``summary.md``: the results table (mean ± std over seeds), the paper's numbers, the verdict."""
+    out_dir = Path(out_dir)
+    runs = load_runs(out_dir / "runs")
+    if not runs:
+        raise FileNotFoundError(f"no finished runs (metrics.json) under {out_dir / 'runs'}")
+    protocol = next((r["protocol"] for r in runs if r.get("protocol")), {})
+    teacher = [r for r in runs if r["label"] == "teacher"]
+    students = [r for r in runs if r["label"] != "teacher"]
+    lines = [f"# {title}", ""]
+    if note:
+        lines += [note, ""]
+    lines += [
+        f"Protocol: {protocol.get('dataset', dataset)} {protocol.get('split', '')}, "
+        f"{protocol.get('persons', '?')} persons, boxes from {protocol.get('boxes', '?')}, "
+        f"flip test {'on (' + str(protocol.get('flip_shift')) + ' shift)' if protocol.get('flip_test') else 'off'}, "
+        f"metric {protocol.get('metric', '?')}.",
+        "",
+        "## Students (mean ± sample std over seeds)",
+        "",
+        markdown_table(students, dataset),
+        "",
+        "The 'Paper' column is the paper's HRNet-W32 number on the real dataset at that resolution, "
+        "for orientation only: our numbers come from the runs listed below, on the data named above.",
+        "",
+        "## Did CDKD beat the baseline?",
+        "",
+        *(verdict(students, dataset) or ["- No paired runs found."]),
+        "",
+    ]
+    if teacher:
+        lines += ["## Teacher", "", markdown_table(teacher, dataset), ""]
+    lines += ["## Runs", ""]
+    lines += [f"- `{Path(r['run_dir']).relative_to(out_dir) if Path(r['run_dir']).is_relative_to(out_dir) else r['run_dir']}`"
+              f": {r['label']}, {r['resolution']}x{r['resolution']}, seed {r['seed']}" for r in runs]
+    path = out_dir / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+ABLATION_REFERENCE = {
+    "baseline": "simcc",
+    "projector-ensemble": "projector ensemble",
+    "sape": "+SAU",
+    "necm": "NECM (fixed-tau CCA)",
+    "conv-feature": "conv downsample (feature)",
+    "fc-feature": "FC (feature)",
+    "fc-logit": "FC logits",
+    "k1": "K=1",
+    "k5": "K=5",
+    "cdkd-paper": "CDKD (all)",
+}
+
+
+def ablation_table(out_dir: str | Path, res: int, seed: int, dataset: str = "mpii") -> str:
+    """Markdown table of every run at ``res`` / ``seed`` named by its variant, with the paper's
+    MPII 64x64 ablation number beside it (orientation only: the paper's runs are on real MPII)."""
+    from cdkd.reference import MPII_64_ABLATIONS
+
+    column = "Mean" if dataset == "mpii" else "AP"
+    prefix = f"r{res}_s{seed}_"
+    lines = [f"| Variant | {column} | Paper (MPII 64x64) |", "|---|---|---|"]
+    for r in load_runs(Path(out_dir) / "runs"):
+        name = Path(r["run_dir"]).name
+        if not name.startswith(prefix):
+            continue
+        variant = name[len(prefix):]
+        ref = MPII_64_ABLATIONS.get(ABLATION_REFERENCE.get(variant, ""), None)
+        lines.append(f"| {variant} | {float(r['metrics'][column]):.2f} | {f'{ref:.3f}' if ref is not None else '-'} |")
+    return "\n".join(lines) + "\n"

@@ -54,7 +54,7 @@ def train_main(argv: list[str]) -> int:
 def eval_main(argv: list[str]) -> int:
     args = _eval_parser().parse_args(argv)
     from cdkd.checkpoint import load_checkpoint, load_model
-    from cdkd.data import build_dataset
+    from cdkd.data.topdown import build_dataset
     from cdkd.engine.dist import resolve_device
     from cdkd.engine.evaluate import evaluate, write_metrics
 

@@ -76,9 +76,38 @@ def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict
     from cdkd.evaluation import pckh
 
     order = np.argsort(pred["index"])
-    metrics = pckh(pred["coords"][order], dataset.pckh_ground_truth(), threshold=cfg.eval.pck_threshold)
+    metrics = pckh(pred["coords"][order], mpii_ground_truth(dataset), threshold=cfg.eval.pck_threshold)
     metrics["main"] = metrics["Mean"]
     return metrics
+
+
+def mpii_ground_truth(dataset):
+    """PCKh ground truth of the dataset's persons, in record order.
+
+    The official ``gt_valid.mat`` when the dataset has one (its persons are in ``valid.json``'s
+    order; with ``data.max_samples`` the first N are used), else the records' own joints and head
+    boxes (the synthetic annotations carry them).
+    """
+    from cdkd.evaluation.mpii import MPIIGroundTruth, load_gt_valid
+
+    records = dataset.records
+    if getattr(dataset, "gt_mat", None):
+        gt = load_gt_valid(dataset.gt_mat)
+        if len(gt.joints) < len(records) or len(getattr(dataset, "skipped", ())):
+            raise ValueError(
+                f"{dataset.gt_mat} has {len(gt.joints)} persons but the dataset has {len(records)} records "
+                f"(skipped: {len(getattr(dataset, 'skipped', ()))}); they must match one to one"
+            )
+        n = len(records)
+        return MPIIGroundTruth(gt.joints[:n], gt.visible[:n], gt.head_boxes[:n])
+    missing = [i for i, r in enumerate(records) if r.head_box is None]
+    if missing:
+        raise ValueError(f"no gt_valid.mat and person {missing[0]} ({records[missing[0]].image}) has no head box")
+    return MPIIGroundTruth(
+        np.stack([r.joints[:, :2] for r in records]),
+        np.stack([r.visible > 0 for r in records]),
+        np.stack([np.asarray(r.head_box, dtype=np.float64).reshape(2, 2) for r in records]),
+    )
 
 
 def protocol(cfg: Config, dataset, flip: bool) -> dict:

@@ -14,6 +14,7 @@ mid-epoch restarts that epoch from the previous checkpoint.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import json
 import math
 import time
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cdkd.config import Config, ConfigError, config_from_dict, config_to_dict
-from cdkd.data import build_dataset
+from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import evaluate, write_metrics
@@ -241,7 +242,7 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
         t.scaler.step(t.optimizer)
         t.scaler.update()
         values = {k: float(v) for k, v in terms.items()}
-        values["loss"] = float(loss)
+        values["loss"] = float(loss.detach())
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         if i % max(1, cfg.train.log_every) == 0 or i == steps - 1:
@@ -261,7 +262,7 @@ def save_state(t: Training, epoch: int, path: Path) -> None:
     extra = {
         "epoch": epoch,
         "optimizer": t.optimizer.state_dict(),
-        "scheduler": t.scheduler.state_dict(),
+        "scheduler": {**t.scheduler.state_dict(), "milestones": dict(t.scheduler.milestones)},
         "scaler": t.scaler.state_dict(),
         "best": t.best,
         "history": t.history,
@@ -285,7 +286,7 @@ def resume_state(t: Training, path: str | Path) -> None:
 
     load_weights(t.bare_model, state["state_dict"])
     t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict(state["scheduler"])
+    t.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
     t.scaler.load_state_dict(state["scaler"])
     if t.distiller is not None and "distiller" in state:
         t.distiller.load_state_dict(state["distiller"])

@@ -109,6 +109,7 @@ def load_gt_valid(path: str | Path) -> MPIIGroundTruth:
             f"{mat['headboxes_src'].shape}") from None
     if "dataset_joints" in mat:
         names = tuple(str(np.squeeze(x)) for x in np.asarray(mat["dataset_joints"]).ravel())
+        names = tuple("thrx" if n == "thor" else n for n in names)  # both spellings of the thorax occur
         if names != JOINT_NAMES:
             raise ValueError(f"{path}: dataset_joints {names} differ from the MPII order "
                              f"{JOINT_NAMES}")
