@@ -1,0 +1,188 @@
+"""MPII Human Pose (16 joints), the CDKD paper's main benchmark (Table I, III-VIII, X).
+
+Reads HRNet's ``annot/{train,valid}.json``: a list of ``{image, center, scale, joints,
+joints_vis}`` in MATLAB 1-based pixels with one scalar ``scale`` (person height / 200). The
+official adjustments of HRNet/SimCC are applied: ``center_y += 15 * scale`` and
+``scale *= 1.25`` (unless the centre is the ``-1`` placeholder), then centre and joints are
+shifted to 0-based pixels. A record keeps the annotation's optional ``head_box``
+(``[x1, y1, x2, y2]``, 1-based; the synthetic set writes it, the official files do not).
+
+PCKh ground truth lives in ``annot/gt_valid.mat`` (``jnt_missing`` [16, N], ``pos_gt_src``
+[16, 2, N], ``headboxes_src`` [2, 2, N] in 1-based pixels, ``dataset_joints`` names), column
+``n`` matching entry ``n`` of ``valid.json``. :func:`read_gt_mat` reads it and
+:func:`write_gt_mat` writes the same structure (used by ``synthetic.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
+
+MPII_META = JointsMeta(
+    name="mpii",
+    joint_names=(
+        "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
+        "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow",
+        "l_wrist",
+    ),
+    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
+    upper_body_ids=(7, 8, 9, 10, 11, 12, 13, 14, 15),
+)
+
+# Names in the official gt_valid.mat ``dataset_joints``, in joint order.
+MPII_MAT_JOINT_NAMES = (
+    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
+)
+
+
+@dataclass
+class MpiiLoad:
+    """What the MPII reader returns: the records and what was skipped."""
+
+    records: list[PersonRecord]
+    problems: ProblemLog
+
+
+def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "error") -> MpiiLoad:
+    """Persons of an HRNet-style MPII annotation file.
+
+    Args:
+        json_file: ``ROOT/annot/{set}.json``.
+        image_dir: folder the ``image`` names are relative to (``ROOT/images``).
+        on_bad: ``'error'`` or ``'skip'`` for broken entries.
+
+    Returns:
+        :class:`MpiiLoad`; ``ann_id`` is the entry's index in the file and ``image_id`` numbers
+        the distinct image names in order of first appearance.
+    """
+    json_file = Path(json_file)
+    if not json_file.is_file():
+        raise DataError(f"MPII annotation file not found: {json_file}")
+    try:
+        with open(json_file) as f:
+            entries = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read MPII annotation file {json_file}: {err}") from None
+    if not isinstance(entries, list):
+        raise DataError(f"MPII annotation file {json_file} must hold a JSON list")
+    num_joints = MPII_META.num_joints
+    problems = ProblemLog(on_bad)
+    image_ids: dict[str, int] = {}
+    records: list[PersonRecord] = []
+    for index, entry in enumerate(entries):
+        name = entry.get("image") if isinstance(entry, dict) else None
+        where = f"{json_file}: annotation #{index} (image {name})"
+        if not isinstance(entry, dict) or not {"image", "center", "scale"} <= set(entry):
+            problems.report(where, "needs image, center and scale")
+            continue
+        scale_value = float(entry["scale"])
+        if not scale_value > 0:
+            problems.report(where, f"has scale {entry['scale']} (the person box must have positive area)")
+            continue
+        joints = np.zeros((num_joints, 3), dtype=np.float32)
+        if "joints" in entry:
+            raw = np.asarray(entry["joints"], dtype=np.float32)
+            vis = np.asarray(entry.get("joints_vis", np.ones(len(raw))), dtype=np.float32).reshape(-1)
+            if raw.ndim != 2 or raw.shape != (num_joints, 2) or vis.shape != (num_joints,):
+                problems.report(
+                    where, f"has joints {raw.shape} / joints_vis {vis.shape}, expected ({num_joints}, 2) / ({num_joints},)"
+                )
+                continue
+            joints[:, :2] = raw - 1.0  # MATLAB 1-based -> 0-based
+            joints[:, 2] = vis
+        center = np.asarray(entry["center"], dtype=np.float32).reshape(2).copy()
+        scale = np.array([scale_value, scale_value], dtype=np.float32)
+        if center[0] != -1:
+            center[1] = center[1] + 15.0 * scale[1]
+            scale = scale * 1.25
+        center = center - 1.0
+        head_box = None
+        if entry.get("head_box") is not None:
+            head_box = np.asarray(entry["head_box"], dtype=np.float32).reshape(4) - 1.0
+        image_id = image_ids.setdefault(str(name), len(image_ids))
+        records.append(
+            PersonRecord(
+                image=str(Path(image_dir) / name),
+                center=center,
+                scale=scale,
+                joints=joints,
+                visible=np.minimum(joints[:, 2], 1.0).astype(np.float32),
+                image_id=image_id,
+                ann_id=index,
+                score=1.0,
+                area=float(np.prod(scale * 200.0)),
+                head_box=head_box,
+            )
+        )
+    return MpiiLoad(records=records, problems=problems)
+
+
+def read_gt_mat(path: str | Path) -> dict:
+    """The PCKh ground truth of ``gt_valid.mat``.
+
+    Returns:
+        dict with ``jnt_missing`` [16, N] (1 = not annotated), ``pos_gt_src`` [16, 2, N] and
+        ``headboxes_src`` [2, 2, N] (1-based pixels, ``[corner, xy, person]``), and
+        ``dataset_joints``, the 16 joint names as a list of str.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"MPII ground-truth file not found: {path}")
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read MPII ground-truth file {path}: {err}") from None
+    missing = [k for k in ("jnt_missing", "pos_gt_src", "headboxes_src") if k not in mat]
+    if missing:
+        raise DataError(f"MPII ground-truth file {path} lacks {', '.join(missing)}")
+    names = list(MPII_MAT_JOINT_NAMES)
+    if "dataset_joints" in mat:
+        names = [str(np.asarray(v).reshape(-1)[0]) for v in np.asarray(mat["dataset_joints"]).reshape(-1)]
+    return {
+        "jnt_missing": np.asarray(mat["jnt_missing"]),
+        "pos_gt_src": np.asarray(mat["pos_gt_src"], dtype=np.float64),
+        "headboxes_src": np.asarray(mat["headboxes_src"], dtype=np.float64),
+        "dataset_joints": names,
+    }
+
+
+def write_gt_mat(
+    path: str | Path,
+    jnt_missing: np.ndarray,
+    pos_gt_src: np.ndarray,
+    headboxes_src: np.ndarray,
+) -> None:
+    """Write a ``gt_valid.mat`` with the official fields and a fixed header (byte-reproducible).
+
+    Args:
+        path: output file.
+        jnt_missing: [16, N] 0/1.
+        pos_gt_src: [16, 2, N] 1-based joint positions.
+        headboxes_src: [2, 2, N] 1-based head boxes (``[0]`` top-left, ``[1]`` bottom-right).
+    """
+    names = np.empty((1, len(MPII_MAT_JOINT_NAMES)), dtype=object)
+    for i, n in enumerate(MPII_MAT_JOINT_NAMES):
+        names[0, i] = n
+    buffer = io.BytesIO()
+    scipy.io.savemat(
+        buffer,
+        {
+            "dataset_joints": names,
+            "jnt_missing": np.asarray(jnt_missing, dtype=np.float64),
+            "pos_gt_src": np.asarray(pos_gt_src, dtype=np.float64),
+            "headboxes_src": np.asarray(headboxes_src, dtype=np.float64),
+        },
+    )
+    data = bytearray(buffer.getvalue())
+    # The 116-byte text header carries a creation time; replace it so equal inputs give equal bytes.
+    header = b"MATLAB 5.0 MAT-file, written by cdkd.data.mpii.write_gt_mat"
+    data[:116] = header.ljust(116, b" ")
+    Path(path).write_bytes(bytes(data))

@@ -1,0 +1,347 @@
+"""The top-down dataset: student crop, teacher crop and SimCC targets for each person.
+
+Implements the data side of CDKD (Sec. III; PAPER_NOTES item 7): every sample decodes the
+original image once, draws one augmentation (HRNet/SimCC: half-body, scale, rotation, flip) and
+warps the image twice with the same centre, scale, rotation and flip: to the student size
+(``input_size``, e.g. 64x64) and, for distillation, to the teacher size (``teacher_size``,
+256x256), both with ``cv2.warpAffine`` bilinear. Targets are SimCC classes at the student size.
+
+Pixel-centre convention: both crops use HRNet's geometry, where the box centre maps to
+``(W/2, H/2)`` and crop pixel ``i`` has its centre at coordinate ``i``. A joint at student
+coordinate ``x_s`` is then at exactly ``x_t = m * x_s`` in the teacher crop (``m`` = teacher /
+student size). Treating pixels as unit squares instead (centre at ``i + 0.5``), the exact
+correspondence would be ``x_t + 0.5 = m * (x_s + 0.5)``: so the HRNet convention places the
+teacher content ``(m - 1) / 2`` teacher pixels (``(m - 1) / (2m)`` student pixels; 0.375 for
+m = 4) away from an area-average downsampling of it. We keep the released geometry.
+
+Training flips also follow the released code: the image is mirrored (``x -> width - 1 - x``)
+with its box centre, and the centre then goes to crop ``x = W/2``; so a crop point ``x`` sits
+at ``W - x`` in the flipped crop, one pixel right of the array mirror ``W - 1 - x``. Image and
+labels stay consistent; only the test-time flip (an array mirror) needs the SimCC shift.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cdkd.codec import encode
+from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
+from cdkd.data.transforms import Augmentation, AugmentParams, crop_matrix, sample_augmentation
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode an image as RGB uint8 [H, W, 3]; raise :class:`DataError` naming the file."""
+    if not Path(path).is_file():
+        raise DataError(f"image file not found: {path}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None:
+        raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def check_image_file(path: str) -> str | None:
+    """Cheap check (existence and a known image signature, no decoding); None when fine."""
+    if not Path(path).is_file():
+        return "image file not found"
+    if not cv2.haveImageReader(path):
+        return "not a readable image (unknown or corrupt header)"
+    return None
+
+
+def normalize(crop: np.ndarray) -> torch.Tensor:
+    """RGB uint8 [h, w, 3] -> ImageNet-normalised float32 [3, h, w]."""
+    x = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # [h, w, 3]
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # [3, h, w]
+
+
+class TopDownDataset(Dataset):
+    """Person crops for SimCC training and evaluation, with an optional teacher crop.
+
+    Args:
+        records: persons to crop (from ``coco.py`` / ``mpii.py``).
+        meta: the skeleton (joint count, flip pairs, upper body).
+        input_size: (H, W) of the student crop.
+        split_ratio: SimCC k for the targets.
+        train: draw augmentations (otherwise the record's box as is).
+        teacher_size: (H, W) of the teacher crop, or None for no teacher crop.
+        aug: augmentation parameters (training only).
+        on_bad: ``'error'``: a missing or unreadable image raises in ``__getitem__`` naming the
+            file. ``'skip'``: images are checked (existence and header) here and their persons
+            left out with a warning; an image that still fails to decode later gives a blank
+            sample with ``valid = 0`` and zero target weights, with a warning, and is counted.
+        problems: problems met by the loader (kept in :attr:`skipped`).
+        dataset_name, ann_file, coco, gt_mat, filtered: what evaluation needs (set by
+            :func:`build_dataset`): the COCO annotation file and object, the MPII ``gt_valid.mat``.
+
+    A sample is a dict: ``image`` [3, h, w] float32, ``target_x`` / ``target_y`` [J] int64,
+    ``target_weight`` [J] float32, ``teacher_image`` [3, H, W] (with ``teacher_size``),
+    ``joints`` [J, 3] (crop x, y at ``input_size``, visibility), ``center`` [2], ``scale`` [2]
+    (the box the crop was cut from; the centre is mirrored for flipped samples as in HRNet),
+    ``rotation``, ``score``, ``area``, ``image_id``, ``index`` (record index), ``flipped`` and
+    ``valid`` (0 only for a skipped unreadable image).
+    """
+
+    def __init__(
+        self,
+        records: list[PersonRecord],
+        meta: JointsMeta,
+        input_size: Sequence[int],
+        split_ratio: float,
+        train: bool,
+        teacher_size: Sequence[int] | None = None,
+        aug: AugmentParams | None = None,
+        on_bad: str = "error",
+        problems: ProblemLog | None = None,
+        dataset_name: str | None = None,
+        ann_file: str | None = None,
+        coco=None,
+        gt_mat: str | None = None,
+        filtered: dict | None = None,
+    ) -> None:
+        self.meta = meta
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.teacher_size = None if teacher_size is None else (int(teacher_size[0]), int(teacher_size[1]))
+        self.split_ratio = float(split_ratio)
+        self.train = bool(train)
+        self.aug = aug or AugmentParams()
+        self.problems = problems if problems is not None else ProblemLog(on_bad)
+        self.problems.on_bad = on_bad
+        self.on_bad = on_bad
+        self.dataset_name = dataset_name or meta.name
+        self.ann_file = ann_file
+        self.coco = coco
+        self.gt_mat = gt_mat
+        self.filtered = dict(filtered or {})
+        self.records = self._check_images(records) if on_bad == "skip" else list(records)
+
+    # -- attributes used by training and evaluation -------------------------------------------
+    @property
+    def num_joints(self) -> int:
+        return self.meta.num_joints
+
+    @property
+    def flip_pairs(self) -> tuple[tuple[int, int], ...]:
+        return self.meta.flip_pairs
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Every skipped item (annotation or image) as ``{'where', 'reason'}``, in this process."""
+        return self.problems.skipped
+
+    @property
+    def head_boxes(self) -> np.ndarray | None:
+        """[N, 4] 0-based head boxes (x1, y1, x2, y2) when every record has one, else None."""
+        if not self.records or any(r.head_box is None for r in self.records):
+            return None
+        return np.stack([r.head_box for r in self.records])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers only need the records; the COCO index can be hundreds of MB.
+        state = dict(self.__dict__)
+        state["coco"] = None
+        return state
+
+    # -- loading --------------------------------------------------------------------------------
+    def _check_images(self, records: list[PersonRecord]) -> list[PersonRecord]:
+        verdict: dict[str, str | None] = {}
+        kept = []
+        for rec in records:
+            if rec.image not in verdict:
+                verdict[rec.image] = check_image_file(rec.image)
+                if verdict[rec.image] is not None:
+                    self.problems.report(f"image {rec.image}", str(verdict[rec.image]))
+            if verdict[rec.image] is None:
+                kept.append(rec)
+        return kept
+
+    def _augmentation(self, rec: PersonRecord) -> Augmentation:
+        if not self.train:
+            return Augmentation(center=rec.center.copy(), scale=rec.scale.copy(), rotation=0.0, flip=False)
+        # One seed per sample from torch's generator: DataLoader seeds it per worker, so the
+        # draw is reproducible under torch.manual_seed and differs between workers.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        aspect = self.input_size[1] / self.input_size[0]
+        return sample_augmentation(
+            rec.center, rec.scale, rec.joints, rec.visible, self.aug, self.meta.upper_body_ids, aspect, rng
+        )
+
+    def _flip_permutation(self) -> np.ndarray:
+        perm = np.arange(self.num_joints)
+        for a, b in self.flip_pairs:
+            perm[a], perm[b] = b, a
+        return perm
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        try:
+            image = read_image(rec.image)
+        except DataError as err:
+            if self.on_bad == "error":
+                raise DataError(f"{err} (record #{index}, image id {rec.image_id}, annotation id {rec.ann_id})") from None
+            warnings.warn(f"skipping unreadable image: {err}", stacklevel=2)
+            self.problems.skipped.append({"where": f"image {rec.image}", "reason": str(err)})
+            return self._blank_sample(index, rec)
+        aug = self._augmentation(rec)
+        width = image.shape[1]
+        h, w = self.input_size
+        matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, width, self.input_size)
+        crop = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR)
+
+        joints = np.zeros((self.num_joints, 3), dtype=np.float32)
+        joints[:, :2] = rec.joints[:, :2] @ matrix[:, :2].T + matrix[:, 2]  # [J, 2] crop px
+        joints[:, 2] = rec.visible
+        if aug.flip:
+            joints = joints[self._flip_permutation()]  # the mirrored left joint is the right one
+        target_x, target_y, weight = encode(joints[:, :2], joints[:, 2], self.input_size, self.split_ratio)
+
+        center = aug.center.astype(np.float32)
+        if aug.flip:
+            center = np.array([width - 1 - center[0], center[1]], dtype=np.float32)
+        sample = {
+            "image": normalize(crop),  # [3, h, w]
+            "target_x": torch.from_numpy(target_x),  # [J]
+            "target_y": torch.from_numpy(target_y),  # [J]
+            "target_weight": torch.from_numpy(weight),  # [J]
+            "joints": torch.from_numpy(joints),  # [J, 3]
+            "center": torch.from_numpy(center),
+            "scale": torch.from_numpy(aug.scale.astype(np.float32)),
+            "rotation": float(aug.rotation),
+            "score": float(rec.score),
+            "area": float(rec.area),
+            "image_id": int(rec.image_id),
+            "index": int(index),
+            "flipped": int(aug.flip),
+            "valid": 1,
+        }
+        if self.teacher_size is not None:
+            th, tw = self.teacher_size
+            t_matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, width, self.teacher_size)
+            teacher = cv2.warpAffine(image, t_matrix, (tw, th), flags=cv2.INTER_LINEAR)
+            sample["teacher_image"] = normalize(teacher)  # [3, H, W]
+        return sample
+
+    def _blank_sample(self, index: int, rec: PersonRecord) -> dict:
+        """A sample with a zero image and zero weights for an image that could not be read."""
+        h, w = self.input_size
+        j = self.num_joints
+        sample = {
+            "image": torch.zeros(3, h, w),
+            "target_x": torch.zeros(j, dtype=torch.int64),
+            "target_y": torch.zeros(j, dtype=torch.int64),
+            "target_weight": torch.zeros(j),
+            "joints": torch.zeros(j, 3),
+            "center": torch.from_numpy(rec.center.astype(np.float32)),
+            "scale": torch.from_numpy(rec.scale.astype(np.float32)),
+            "rotation": 0.0,
+            "score": float(rec.score),
+            "area": float(rec.area),
+            "image_id": int(rec.image_id),
+            "index": int(index),
+            "flipped": 0,
+            "valid": 0,
+        }
+        if self.teacher_size is not None:
+            sample["teacher_image"] = torch.zeros(3, *self.teacher_size)
+        return sample
+
+
+def _resolve(path: str, root: Path) -> Path:
+    """``path`` as given when it exists, else relative to the dataset root."""
+    p = Path(path)
+    return p if p.exists() or p.is_absolute() else root / p
+
+
+def build_dataset(
+    cfg,
+    split: str,
+    input_size: Sequence[int],
+    split_ratio: float,
+    teacher_size: Sequence[int] | None = None,
+    train: bool | None = None,
+) -> TopDownDataset:
+    """The dataset a config describes (``cfg.data``), following the official folder layout.
+
+    COCO: ``ROOT/annotations/person_keypoints_{set}.json`` and ``ROOT/images/{set}/``; the val
+    split uses detections from ``data.det_file`` when ``data.use_gt_bbox`` is false (training
+    always uses ground-truth boxes, as HRNet). MPII: ``ROOT/annot/{set}.json``, images under
+    ``ROOT/images/``, PCKh ground truth ``ROOT/annot/gt_{set}.mat`` when present.
+
+    Args:
+        cfg: a :class:`cdkd.config.Config`.
+        split: ``'train'`` (``data.train_set``) or ``'val'`` (``data.val_set``).
+        input_size: (H, W) of the student crop.
+        split_ratio: SimCC k.
+        teacher_size: (H, W) of the teacher crop, or None.
+        train: augment; defaults to ``split == 'train'``.
+
+    Returns:
+        :class:`TopDownDataset` with ``records`` (the first ``data.max_samples`` persons when
+        that is positive), ``skipped`` and ``filtered`` reports, and for evaluation
+        ``ann_file``/``coco`` (COCO) or ``gt_mat``/``head_boxes`` (MPII).
+    """
+    from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
+    from cdkd.data.mpii import MPII_META, load_mpii_json
+
+    if split not in ("train", "val"):
+        raise DataError(f"split must be 'train' or 'val'; got {split!r}")
+    data = cfg.data
+    train = split == "train" if train is None else bool(train)
+    set_name = data.train_set if split == "train" else data.val_set
+    root = Path(data.root)
+    if not root.is_dir():
+        raise DataError(
+            f"dataset root {root} (config key 'data.root') does not exist; "
+            "see data/README.md, or run `python -m cdkd data synth --out data/synth`"
+        )
+    aspect = float(input_size[1]) / float(input_size[0])
+    extras: dict = {}
+    if data.dataset == "coco":
+        meta = COCO_META
+        ann_file = root / "annotations" / f"person_keypoints_{set_name}.json"
+        image_dir = root / "images" / set_name
+        if split == "val" and not data.use_gt_bbox:
+            if not data.det_file:
+                raise DataError("config key 'data.det_file' is empty but 'data.use_gt_bbox' is false")
+            coco = load_coco_api(ann_file)
+            loaded = load_coco_det(
+                _resolve(data.det_file, root), coco, image_dir, aspect, data.det_score_thr, data.bbox_enlarge, data.on_bad
+            )
+        else:
+            loaded = load_coco_gt(ann_file, image_dir, aspect, data.bbox_enlarge, data.on_bad)
+        records, problems = loaded.records, loaded.problems
+        extras = {"ann_file": str(ann_file), "coco": loaded.coco, "filtered": loaded.filtered}
+    elif data.dataset == "mpii":
+        meta = MPII_META
+        loaded = load_mpii_json(root / "annot" / f"{set_name}.json", root / "images", data.on_bad)
+        records, problems = loaded.records, loaded.problems
+        gt_mat = root / "annot" / f"gt_{set_name}.mat"
+        extras = {"gt_mat": str(gt_mat) if gt_mat.is_file() else None}
+    else:
+        raise DataError(f"config key 'data.dataset' is {data.dataset!r}; choose 'coco' or 'mpii'")
+    if data.max_samples > 0:
+        records = records[: data.max_samples]
+    aug = AugmentParams(
+        scale_factor=data.scale_factor,
+        rotation_factor=data.rotation_factor,
+        rot_prob=data.rot_prob,
+        flip=data.flip,
+        half_body_prob=data.half_body_prob,
+        num_joints_half_body=data.num_joints_half_body,
+    )
+    return TopDownDataset(
+        records, meta, input_size, split_ratio, train, teacher_size=teacher_size, aug=aug,
+        on_bad=data.on_bad, problems=problems, dataset_name=meta.name, **extras,
+    )
