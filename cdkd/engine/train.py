@@ -227,6 +227,7 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
     loader = make_loader(t, epoch)
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
+    done = 0
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not t.dist.is_main,
                dynamic_ncols=True, leave=False)
     start = time.perf_counter()
@@ -250,8 +251,9 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
             recorder.step(epoch * steps + i, epoch, values)
         bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
         bar.update(1)
+        done += 1
     bar.close()
-    n = max(1, min(steps, i + 1)) if steps else 1
+    n = max(1, done)
     means = {k: v / n for k, v in sums.items()}
     means["samples_per_s"] = n * loader.batch_size * t.dist.world_size / max(time.perf_counter() - start, 1e-9)
     return all_reduce_mean(means, t.dist)
@@ -296,8 +298,12 @@ def resume_state(t: Training, path: str | Path) -> None:
     torch.set_rng_state(state["rng"]["torch"])
 
 
-def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None) -> Path:
+def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
+        stop_after: int | None = None) -> Path:
     """Train a run to the end (or continue it with ``resume``); returns the run folder.
+
+    ``stop_after=N`` ends this call after N epochs (checkpoint written), e.g. to fit a cluster's
+    job time limit; ``resume`` then continues exactly where it stopped.
 
     Writes ``last.pth`` every epoch, ``best.pth`` on a better validation metric, ``epochs.jsonl``,
     ``steps.csv``, TensorBoard events and the final ``metrics.json``.
@@ -307,9 +313,13 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
         resume = t.run_dir / "last.pth" if (t.run_dir / "last.pth").exists() else None
     if resume:
         resume_state(t, resume)
+    elif t.dist.is_main:
+        for stale in ("steps.csv", "epochs.jsonl", "metrics.json", "last.pth", "best.pth"):
+            (t.run_dir / stale).unlink(missing_ok=True)  # a fresh run never mixes with an old one
     recorder = Recorder(t.run_dir, enabled=t.dist.is_main)
     try:
-        for epoch in range(t.start_epoch, cfg.train.epochs):
+        end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, t.start_epoch + stop_after)
+        for epoch in range(t.start_epoch, end):
             seed_everything(cfg.train.seed * 100_003 + epoch, cfg.train.deterministic)
             means = train_one_epoch(t, epoch, recorder)
             t.scheduler.step()
@@ -331,7 +341,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                 summary = record.get("val", {}).get("main")
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
                            + (f", val {summary:.3f}" if summary is not None else ""))
-        if t.dist.is_main and t.history:
+        if t.dist.is_main and t.history and end == cfg.train.epochs:
             final = dict(t.history[-1].get("val", {}))
             write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model, extra={"best": t.best})
     finally:
