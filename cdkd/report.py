@@ -119,6 +119,8 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
             seeds = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
             if d["wins"] == d["n"]:
                 word = "beat"
+            elif d["wins"] == d["losses"] == 0:
+                word = "tied with"
             elif d["losses"] == d["n"]:
                 word = "did not beat (worse on every seed)"
             else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -71,7 +72,7 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     out.mkdir(parents=True, exist_ok=True)
     args.title = f"cdkd reproduction, preset '{args.preset}' (synthetic people)"
     args.note = (f"Made by `python -m cdkd reproduce --preset {args.preset}` "
-                 f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()} / {platform.processor() or '?'}.")
+                 f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()}, {os.cpu_count()} CPU cores.")
     steps = plan(args)
     from tqdm.auto import tqdm
 

@@ -84,3 +84,16 @@ class ProblemLog:
 
     def __len__(self) -> int:
         return len(self.skipped)
+
+
+def __getattr__(name: str):
+    """``cdkd.data.build_dataset`` / ``TopDownDataset`` without importing torch at package import."""
+    if name in ("build_dataset", "TopDownDataset"):
+        from cdkd.data import topdown
+
+        return getattr(topdown, name)
+    if name in ("synthesize", "ensure_synthetic"):
+        from cdkd.data import synthetic
+
+        return getattr(synthetic, name)
+    raise AttributeError(f"module 'cdkd.data' has no attribute {name!r}")

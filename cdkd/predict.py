@@ -1,0 +1,234 @@
+"""Inference on one image: person boxes in, keypoints in image pixels out.
+
+The top-down test-time pipeline of SimCC (Li et al., ECCV 2022), which a CDKD student (Gu et
+al.) runs unchanged, since distillation adds nothing at inference:
+
+1. each box ``(x, y, w, h)`` becomes a centre and a scale with the model's aspect ratio and the
+   1.25 enlargement (:func:`cdkd.data.transforms.box_to_center_scale`);
+2. the image is warped to the model's input size (:func:`cdkd.data.transforms.get_affine_transform`,
+   ``cv2.warpAffine`` bilinear, as in training) and ImageNet-normalised
+   (:func:`cdkd.data.topdown.normalize`);
+3. the model gives x and y logits; with ``flip`` the mirrored crop is run too and its softmaxes are
+   brought back with :func:`cdkd.codec.flip_back` (left/right pairs of COCO for J = 17, of MPII
+   for J = 16; shift ``'exact'``: k - 1 bins) and averaged with the plain ones;
+4. :func:`cdkd.codec.decode` takes the argmax / k (crop pixels) and the confidence, and
+   :func:`cdkd.data.transforms.transform_preds` maps the crop pixels back to the image.
+
+Nothing is cached between calls: to predict on many images, load the model once
+(:func:`cdkd.checkpoint.load_model`) and pass it as ``checkpoint``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from cdkd.codec import decode, flip_back
+from cdkd.data.topdown import normalize, read_image
+from cdkd.data.transforms import box_to_center_scale, get_affine_transform, transform_preds
+
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def default_flip_pairs(num_joints: int) -> tuple[tuple[int, int], ...]:
+    """Left/right joint pairs of the standard skeletons: COCO (J = 17) or MPII (J = 16).
+
+    Raises:
+        ValueError: for any other J (pass ``flip_pairs`` to :func:`predict`, or ``flip=False``).
+    """
+    if num_joints == 17:
+        from cdkd.data.coco import COCO_META
+
+        return COCO_META.flip_pairs
+    if num_joints == 16:
+        from cdkd.data.mpii import MPII_META
+
+        return MPII_META.flip_pairs
+    raise ValueError(
+        f"flip test needs the left/right joint pairs: known for J=17 (COCO) and J=16 (MPII), but the "
+        f"model has J={num_joints}; pass flip_pairs=... or flip=False"
+    )
+
+
+def _checked_pairs(flip_pairs, num_joints: int) -> tuple[tuple[int, int], ...]:
+    """The given pairs (checked against J) or :func:`default_flip_pairs`."""
+    if flip_pairs is None:
+        return default_flip_pairs(num_joints)
+    pairs = tuple((int(a), int(b)) for a, b in flip_pairs)
+    bad = [p for p in pairs if not (0 <= p[0] < num_joints and 0 <= p[1] < num_joints)]
+    if bad:
+        raise ValueError(f"flip pair {bad[0]} refers to a joint outside 0..{num_joints - 1} (the model has J={num_joints})")
+    return pairs
+
+
+def _load_image(image, channel_order: str) -> np.ndarray:
+    """RGB uint8 [H, W, 3] from a path or an array (see :func:`predict`)."""
+    if isinstance(image, (str, Path)):
+        if not Path(image).is_file():
+            raise FileNotFoundError(f"image file not found: {image}")
+        return read_image(str(image))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a file path or an HxWx3 uint8 array; got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image array must be HxWx3 uint8; got shape {image.shape} and dtype {image.dtype}")
+    if channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}; got {channel_order!r}")
+    return image[..., ::-1] if channel_order == "bgr" else image
+
+
+def _check_boxes(boxes) -> np.ndarray:
+    """[N, 4] float64 xywh boxes with positive sizes, or a ValueError naming the problem."""
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.ndim == 1 and array.shape[0] == 4:
+        array = array[None]  # one box
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"boxes must be [N, 4] (x, y, w, h) in image pixels; got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise ValueError("boxes is empty: give at least one person box (x, y, w, h)")
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1) | (array[:, 2] <= 0) | (array[:, 3] <= 0))
+    if bad.size:
+        raise ValueError(f"box {int(bad[0])} = {array[bad[0]].tolist()} needs finite values and a positive width and height")
+    return array
+
+
+def _model_settings(model: nn.Module) -> tuple[int, int, float]:
+    """(H, W, k) of a pose model, or a TypeError naming the missing attribute."""
+    for name in ("input_size", "split_ratio"):
+        if not hasattr(model, name):
+            raise TypeError(f"predict needs a SimCC pose model with '{name}'; {type(model).__name__} has none")
+    h, w = (int(s) for s in model.input_size)
+    return h, w, float(model.split_ratio)
+
+
+def _resolve_model(checkpoint, device: str | torch.device) -> nn.Module:
+    if isinstance(checkpoint, nn.Module):
+        return checkpoint
+    if isinstance(checkpoint, (str, Path)):
+        from cdkd.checkpoint import load_model
+
+        return load_model(checkpoint, map_location=device)
+    raise TypeError(f"checkpoint must be a file path or a pose model; got {type(checkpoint).__name__}")
+
+
+def crop_persons(image: np.ndarray, boxes: np.ndarray, input_size: Sequence[int], enlarge: float = 1.25):
+    """Centre, scale and normalised crop of every box.
+
+    Args:
+        image: RGB uint8 [H_img, W_img, 3].
+        boxes: [N, 4] (x, y, w, h) in image pixels.
+        input_size: (H, W) of the model input.
+        enlarge: box enlargement (1.25 in HRNet/SimCC/CDKD).
+    Returns:
+        crops [N, 3, H, W] float32 tensor, centers [N, 2], scales [N, 2] (pixel_std 200).
+    """
+    h, w = int(input_size[0]), int(input_size[1])
+    centers, scales, crops = [], [], []
+    for box in boxes:
+        center, scale = box_to_center_scale(box, aspect_ratio=w / h, enlarge=enlarge)
+        matrix = get_affine_transform(center, scale, 0.0, (h, w))
+        crop = cv2.warpAffine(np.ascontiguousarray(image), matrix, (w, h), flags=cv2.INTER_LINEAR)  # [h, w, 3]
+        centers.append(center)
+        scales.append(scale)
+        crops.append(normalize(crop))  # [3, h, w]
+    return torch.stack(crops), np.stack(centers), np.stack(scales)
+
+
+@torch.no_grad()
+def predict(
+    image,
+    boxes,
+    checkpoint,
+    device: str | torch.device = "cpu",
+    flip: bool = True,
+    *,
+    channel_order: str = "rgb",
+    flip_pairs: Sequence[Sequence[int]] | None = None,
+    flip_shift: str = "exact",
+    enlarge: float = 1.25,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Keypoints of the persons in ``boxes``, in the pixels of ``image``.
+
+    Args:
+        image: a file path (read with OpenCV and converted to RGB), or an HxWx3 uint8 array whose
+            channels are in ``channel_order``: RGB by default, as the models were trained
+            (``PIL``/``imageio`` arrays); pass ``channel_order='bgr'`` for an array from
+            ``cv2.imread``.
+        boxes: [N, 4] person boxes (x, y, w, h) in image pixels (COCO format); a single box may
+            be given as [4].
+        checkpoint: a cdkd checkpoint path, or a loaded pose model (anything with ``input_size``
+            (H, W) and ``split_ratio`` returning ``.x`` [B, J, W*k] and ``.y`` [B, J, H*k]). A
+            model is used on its current device and put in eval mode for the call.
+        device: where a checkpoint loaded from a path runs.
+        flip: flip test (average with the mirrored crop's prediction).
+        channel_order: 'rgb' or 'bgr', for array images.
+        flip_pairs: left/right joint pairs; default COCO for J = 17, MPII for J = 16.
+        flip_shift: 'exact' (k - 1 bins, right for any integer k) or 'official' (one bin, the
+            released SimCC/CDKD code; exact only for k = 2); see :func:`cdkd.codec.flip_back`.
+        enlarge: box enlargement before cropping.
+        batch_size: crops per forward pass.
+    Returns:
+        ``{'keypoints': [N, J, 2] float64 (x, y) image pixels, 'scores': [N, J] float32
+        confidences (the larger of the x and y peak probabilities), 'center': [N, 2], 'scale':
+        [N, 2]}`` (the box as centre and scale / 200 after the aspect fix and enlargement).
+    Raises:
+        FileNotFoundError: the image file does not exist (named).
+        ValueError: empty boxes, boxes not [N, 4], a box with non-positive size (its index named),
+            an array image that is not HxWx3 uint8, or flip test with unknown flip pairs.
+    """
+    boxes = _check_boxes(boxes)
+    rgb = _load_image(image, channel_order)
+    model = _resolve_model(checkpoint, device)
+    h, w, k = _model_settings(model)
+    params = list(model.parameters())
+    run_device = params[0].device if params else torch.device(device)
+    crops, centers, scales = crop_persons(rgb, boxes, (h, w), enlarge)  # [N, 3, h, w]
+
+    was_training = model.training
+    model.eval()
+    try:
+        coords, scores = [], []
+        pairs = None
+        for start in range(0, len(crops), max(1, int(batch_size))):
+            batch = crops[start:start + batch_size].to(run_device)  # [B, 3, h, w]
+            out = model(batch)
+            px, py = out.x.float().softmax(-1), out.y.float().softmax(-1)  # [B, J, W*k], [B, J, H*k]
+            if flip:
+                if pairs is None:
+                    pairs = _checked_pairs(flip_pairs, px.shape[1])
+                mirrored = model(torch.flip(batch, dims=[3]))
+                fx, fy = flip_back(mirrored.x.float().softmax(-1), mirrored.y.float().softmax(-1), pairs, k,
+                                   shift=flip_shift)
+                px, py = (px + fx) / 2, (py + fy) / 2
+            crop_xy, conf = decode(px, py, k, probabilities=True)  # [B, J, 2] crop px, [B, J]
+            coords.append(crop_xy.cpu().numpy())
+            scores.append(conf.cpu().numpy())
+    finally:
+        model.train(was_training)
+    crop_xy = np.concatenate(coords)  # [N, J, 2]
+    keypoints = transform_preds(crop_xy, centers, scales, (h, w))  # [N, J, 2] image px
+    return {"keypoints": keypoints, "scores": np.concatenate(scores).astype(np.float32),
+            "center": centers, "scale": scales}
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`predict`.
+
+    ``cdkd.predict(...)`` is a forwarding function in ``cdkd/__init__.py``, but importing the
+    submodule ``cdkd.predict`` rebinds the package attribute ``cdkd.predict`` to the module; a
+    callable module keeps ``cdkd.predict(image, boxes, checkpoint)`` working after that import
+    (``ModuleType`` subclasses as module classes are supported by Python since 3.5).
+    """
+
+    def __call__(self, *args, **kwargs) -> dict[str, np.ndarray]:
+        return predict(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
