@@ -185,3 +185,34 @@ def test_eval_cli_writes_metrics_with_protocol(synth, teacher_ckpt, tmp_path):
     assert record["protocol"]["flip_test"] is False and record["protocol"]["boxes"] == "ground truth"
     assert set(record["metrics"]) >= {"Head", "Sho.", "Elb.", "Wri.", "Hip", "Knee", "Ank.", "Mean", "Mean@0.1"}
     assert record["model"]["params"] == sum(p.numel() for p in _model_from(load_checkpoint(teacher_ckpt)).parameters())
+
+
+def coco_cfg(synth: Path, *extra: str):
+    return load_config("tiny_teacher", [f"data.root={synth}/coco", "data.dataset=coco", "data.train_set=train",
+                                        "data.val_set=val", "loss.kind=sum", "loss.label_smoothing=0.1", *extra])
+
+
+def test_coco_ground_truth_as_predictions_scores_ap_1(synth):
+    from cdkd.data.topdown import build_dataset
+
+    cfg = coco_cfg(synth)
+    ds = build_dataset(cfg, "val", (64, 64), 2.0, train=False)
+    n = len(ds)
+    joints = np.stack([r.joints for r in ds.records])
+    pred = {"coords": joints[..., :2], "scores": np.ones((n, 17)), "index": np.arange(n),
+            "image_id": np.array([r.image_id for r in ds.records]), "box_score": np.ones(n),
+            "area": np.array([r.area for r in ds.records])}
+    assert score_predictions(pred, ds, cfg)["AP"] == pytest.approx(1.0)
+    pred["coords"] = pred["coords"] + np.random.default_rng(0).normal(0, 6, pred["coords"].shape)
+    assert score_predictions(pred, ds, cfg)["AP"] < 0.9
+
+
+@pytest.mark.parametrize("boxes", ["gt", "det"])
+def test_coco_training_and_evaluation_with_gt_and_detector_boxes(synth, tmp_path, boxes):
+    extra = ["data.use_gt_bbox=false", "data.det_file=person_detection_results/det_val.json"] if boxes == "det" else []
+    run = fit(coco_cfg(synth, *extra), run_dir=tmp_path / boxes)
+    record = json.loads((run / "metrics.json").read_text())
+    assert {"AP", "AP50", "AP75", "APM", "APL", "AR"} <= set(record["metrics"])
+    assert record["protocol"]["boxes"] == ("ground truth" if boxes == "gt" else
+                                           "detections (person_detection_results/det_val.json)")
+    assert record["model"]["num_joints"] == 17
