@@ -6,7 +6,7 @@ the ETHT temperature) lives in the training-only ``Distiller``. So deploying a C
 deploying its ``SimCCPoseModel``: image ``[B, 3, H, W]`` -> logits ``x [B, J, W*k]``,
 ``y [B, J, H*k]`` (and, unless ``logits_only``, the ``final_layer`` feature ``[B, J, H/4, W/4]``).
 Decoding (argmax / k), flip test and the mapping back to the image stay outside the graph, in
-:mod:`cdkd.codec` and :mod:`cdkd.predict`.
+:mod:`cdkd.codec` and :mod:`cdkd.inference`.
 
 Formats:
 

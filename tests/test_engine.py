@@ -216,3 +216,35 @@ def test_coco_training_and_evaluation_with_gt_and_detector_boxes(synth, tmp_path
     assert record["protocol"]["boxes"] == ("ground truth" if boxes == "gt" else
                                            "detections (person_detection_results/det_val.json)")
     assert record["model"]["num_joints"] == 17
+
+
+class CentreModel(torch.nn.Module):
+    """Predicts every joint at the crop centre (W/2, H/2): its image position must be the box centre."""
+
+    def __init__(self, input_size, k=2.0, joints=16):
+        super().__init__()
+        self.input_size, self.split_ratio, self.num_joints, self.arch = tuple(input_size), k, joints, "centre"
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, image):
+        from cdkd.models.simcc import PoseOutput
+
+        h, w = self.input_size
+        b, k, j = image.shape[0], self.split_ratio, self.num_joints
+        x = torch.full((b, j, int(w * k)), -10.0)
+        y = torch.full((b, j, int(h * k)), -10.0)
+        x[..., int(w / 2 * k)] = 10.0
+        y[..., int(h / 2 * k)] = 10.0
+        return PoseOutput(x, y, torch.zeros(b, j, h // 4, w // 4))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (64, 32), (32, 64)])
+def test_predictions_map_back_through_the_crop(synth, size):
+    from cdkd.data.topdown import build_dataset
+    from cdkd.engine.evaluate import predict
+
+    cfg = tiny("baseline", synth)
+    ds = build_dataset(cfg, "val", size, 2.0, train=False)
+    pred = predict(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
+    centres = np.stack([ds.records[i].center for i in pred["index"]])  # [N, 2]
+    np.testing.assert_allclose(pred["coords"], np.repeat(centres[:, None], 16, axis=1), atol=1e-4)

@@ -51,7 +51,7 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
         crop, scores = decode(px, py, k, probabilities=True)  # [B,J,2] in input px, [B,J]
         crop = crop.cpu().numpy()
         center, scale = batch["center"].numpy(), batch["scale"].numpy()
-        coords = np.stack([transform_preds(crop[i], center[i], scale[i], (w, h)) for i in range(len(crop))])
+        coords = transform_preds(crop, center, scale, (h, w))  # [B,J,2] image px
         parts["coords"].append(coords)
         parts["crop_coords"].append(crop)
         parts["scores"].append(scores.cpu().numpy())

@@ -20,10 +20,8 @@ Nothing is cached between calls: to predict on many images, load the model once
 
 from __future__ import annotations
 
-import sys
-import types
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -216,19 +214,3 @@ def predict(
     keypoints = transform_preds(crop_xy, centers, scales, (h, w))  # [N, J, 2] image px
     return {"keypoints": keypoints, "scores": np.concatenate(scores).astype(np.float32),
             "center": centers, "scale": scales}
-
-
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`predict`.
-
-    ``cdkd.predict(...)`` is a forwarding function in ``cdkd/__init__.py``, but importing the
-    submodule ``cdkd.predict`` rebinds the package attribute ``cdkd.predict`` to the module; a
-    callable module keeps ``cdkd.predict(image, boxes, checkpoint)`` working after that import
-    (``ModuleType`` subclasses as module classes are supported by Python since 3.5).
-    """
-
-    def __call__(self, *args, **kwargs) -> dict[str, np.ndarray]:
-        return predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
