@@ -11,7 +11,8 @@ import torch
 from cdkd.config import Config
 from cdkd.data import DataError
 from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
-from cdkd.data.mpii import MPII_META, load_mpii_json, read_gt_mat, write_gt_mat
+from cdkd.data.mpii import MPII_META, load_mpii_json
+from cdkd.evaluation.mpii import load_gt_valid, write_gt_valid
 from cdkd.data.topdown import TopDownDataset, build_dataset
 
 REAL = Path(__file__).parents[2] / "shared" / "realsamples"
@@ -263,16 +264,15 @@ def test_mpii_gt_mat_round_trip_and_head_boxes(tmp_path):
     entries[1]["head_box"] = [50, 20, 70, 40]
     write_mpii(tmp_path, entries)
     rng = np.random.default_rng(0)
-    missing, pos, heads = rng.integers(0, 2, (16, 2)), rng.uniform(1, 100, (16, 2, 2)), rng.uniform(1, 50, (2, 2, 2))
-    write_gt_mat(tmp_path / "annot" / "gt_valid.mat", missing, pos, heads)
+    visible, joints, heads = rng.integers(0, 2, (2, 16)) > 0, rng.uniform(0, 99, (2, 16, 2)), rng.uniform(0, 49, (2, 2, 2))
+    write_gt_valid(tmp_path / "annot" / "gt_valid.mat", joints, visible, heads)
     first = (tmp_path / "annot" / "gt_valid.mat").read_bytes()
-    write_gt_mat(tmp_path / "annot" / "gt_valid.mat", missing, pos, heads)
+    write_gt_valid(tmp_path / "annot" / "gt_valid.mat", joints, visible, heads)
     assert (tmp_path / "annot" / "gt_valid.mat").read_bytes() == first  # no timestamp
-    gt = read_gt_mat(tmp_path / "annot" / "gt_valid.mat")
-    np.testing.assert_array_equal(gt["jnt_missing"], missing)
-    np.testing.assert_allclose(gt["pos_gt_src"], pos)
-    np.testing.assert_allclose(gt["headboxes_src"], heads)
-    assert gt["dataset_joints"][9] == "head" and gt["dataset_joints"][0] == "rank"
+    gt = load_gt_valid(tmp_path / "annot" / "gt_valid.mat")
+    np.testing.assert_array_equal(gt.visible, visible)
+    np.testing.assert_allclose(gt.joints, joints)
+    np.testing.assert_allclose(gt.head_boxes, heads)
     cfg = Config()
     cfg.data.root = str(tmp_path)
     ds = build_dataset(cfg, "val", (64, 64), 3.0)

@@ -12,7 +12,8 @@ from cdkd.__main__ import main
 from cdkd.config import Config
 from cdkd.data import DataError
 from cdkd.data.coco import COCO_META, load_coco_api
-from cdkd.data.mpii import MPII_META, read_gt_mat
+from cdkd.data.mpii import MPII_META
+from cdkd.evaluation.mpii import load_gt_valid
 from cdkd.data.synthetic import ensure_synthetic, synthesize
 from cdkd.data.topdown import build_dataset
 
@@ -77,13 +78,12 @@ def test_synthetic_set_loads_through_coco_and_mpii_code_paths(synth):
     val_mpii = build_dataset(cfg, "val", (64, 64), 3.0)
     assert len(train_mpii) == TRAIN and len(val_mpii) == VAL
     assert val_mpii.gt_mat is not None and val_mpii.head_boxes.shape == (VAL, 4)
-    gt = read_gt_mat(val_mpii.gt_mat)
-    assert gt["jnt_missing"].shape == (16, VAL) and gt["pos_gt_src"].shape == (16, 2, VAL)
-    assert gt["headboxes_src"].shape == (2, 2, VAL)
-    joints0 = np.stack([r.joints[:, :2] for r in val_mpii.records], 2)  # [16, 2, N] 0-based
-    seen = gt["jnt_missing"] == 0
-    np.testing.assert_allclose((joints0 + 1)[np.repeat(seen[:, None], 2, 1)],
-                               gt["pos_gt_src"][np.repeat(seen[:, None], 2, 1)], atol=0.01)
+    gt = load_gt_valid(val_mpii.gt_mat)
+    assert gt.joints.shape == (VAL, 16, 2) and gt.visible.shape == (VAL, 16) and gt.head_boxes.shape == (VAL, 2, 2)
+    joints = np.stack([r.joints[:, :2] for r in val_mpii.records])  # [N, 16, 2] 0-based
+    np.testing.assert_allclose(joints[gt.visible], gt.joints[gt.visible], atol=0.01)
+    np.testing.assert_array_equal(gt.visible, np.stack([r.visible > 0 for r in val_mpii.records]))
+    np.testing.assert_allclose(gt.head_boxes.reshape(VAL, 4), val_mpii.head_boxes, atol=0.01)
 
     cfg.data.dataset, cfg.data.root, cfg.data.val_set = "coco", str(synth / "coco"), "val"
     train_coco = build_dataset(cfg, "train", (64, 64), 3.0)

@@ -9,19 +9,17 @@ shifted to 0-based pixels. A record keeps the annotation's optional ``head_box``
 
 PCKh ground truth lives in ``annot/gt_valid.mat`` (``jnt_missing`` [16, N], ``pos_gt_src``
 [16, 2, N], ``headboxes_src`` [2, 2, N] in 1-based pixels, ``dataset_joints`` names), column
-``n`` matching entry ``n`` of ``valid.json``. :func:`read_gt_mat` reads it and
-:func:`write_gt_mat` writes the same structure (used by ``synthetic.py``).
+``n`` matching entry ``n`` of ``valid.json``. :func:`cdkd.evaluation.mpii.load_gt_valid` reads it and
+:func:`cdkd.evaluation.mpii.write_gt_valid` writes it (used by ``synthetic.py``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
 
@@ -35,13 +33,6 @@ MPII_META = JointsMeta(
     flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
     upper_body_ids=(7, 8, 9, 10, 11, 12, 13, 14, 15),
 )
-
-# Names in the official gt_valid.mat ``dataset_joints``, in joint order.
-MPII_MAT_JOINT_NAMES = (
-    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
-    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
-)
-
 
 @dataclass
 class MpiiLoad:
@@ -123,66 +114,3 @@ def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "
             )
         )
     return MpiiLoad(records=records, problems=problems)
-
-
-def read_gt_mat(path: str | Path) -> dict:
-    """The PCKh ground truth of ``gt_valid.mat``.
-
-    Returns:
-        dict with ``jnt_missing`` [16, N] (1 = not annotated), ``pos_gt_src`` [16, 2, N] and
-        ``headboxes_src`` [2, 2, N] (1-based pixels, ``[corner, xy, person]``), and
-        ``dataset_joints``, the 16 joint names as a list of str.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"MPII ground-truth file not found: {path}")
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read MPII ground-truth file {path}: {err}") from None
-    missing = [k for k in ("jnt_missing", "pos_gt_src", "headboxes_src") if k not in mat]
-    if missing:
-        raise DataError(f"MPII ground-truth file {path} lacks {', '.join(missing)}")
-    names = list(MPII_MAT_JOINT_NAMES)
-    if "dataset_joints" in mat:
-        names = [str(np.asarray(v).reshape(-1)[0]) for v in np.asarray(mat["dataset_joints"]).reshape(-1)]
-    return {
-        "jnt_missing": np.asarray(mat["jnt_missing"]),
-        "pos_gt_src": np.asarray(mat["pos_gt_src"], dtype=np.float64),
-        "headboxes_src": np.asarray(mat["headboxes_src"], dtype=np.float64),
-        "dataset_joints": names,
-    }
-
-
-def write_gt_mat(
-    path: str | Path,
-    jnt_missing: np.ndarray,
-    pos_gt_src: np.ndarray,
-    headboxes_src: np.ndarray,
-) -> None:
-    """Write a ``gt_valid.mat`` with the official fields and a fixed header (byte-reproducible).
-
-    Args:
-        path: output file.
-        jnt_missing: [16, N] 0/1.
-        pos_gt_src: [16, 2, N] 1-based joint positions.
-        headboxes_src: [2, 2, N] 1-based head boxes (``[0]`` top-left, ``[1]`` bottom-right).
-    """
-    names = np.empty((1, len(MPII_MAT_JOINT_NAMES)), dtype=object)
-    for i, n in enumerate(MPII_MAT_JOINT_NAMES):
-        names[0, i] = n
-    buffer = io.BytesIO()
-    scipy.io.savemat(
-        buffer,
-        {
-            "dataset_joints": names,
-            "jnt_missing": np.asarray(jnt_missing, dtype=np.float64),
-            "pos_gt_src": np.asarray(pos_gt_src, dtype=np.float64),
-            "headboxes_src": np.asarray(headboxes_src, dtype=np.float64),
-        },
-    )
-    data = bytearray(buffer.getvalue())
-    # The 116-byte text header carries a creation time; replace it so equal inputs give equal bytes.
-    header = b"MATLAB 5.0 MAT-file, written by cdkd.data.mpii.write_gt_mat"
-    data[:116] = header.ljust(116, b" ")
-    Path(path).write_bytes(bytes(data))

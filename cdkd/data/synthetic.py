@@ -800,11 +800,11 @@ def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: i
     mpii_name = "train" if split == "train" else "valid"
     _write_json(out / "mpii" / "annot" / f"{mpii_name}.json", mpii)
     if split == "val":
-        from cdkd.data.mpii import write_gt_mat
+        from cdkd.evaluation.mpii import write_gt_valid
 
         _write_json(out / "coco" / "person_detection_results" / "det_val.json", detections)
-        write_gt_mat(out / "mpii" / "annot" / "gt_valid.mat", np.stack(missing, 1),
-                     np.stack(pos, 2), np.stack(heads, 2))
+        write_gt_valid(out / "mpii" / "annot" / "gt_valid.mat", np.stack(pos) - 1.0,  # 0-based [N, 16, 2]
+                       np.stack(missing) == 0, np.stack(heads) - 1.0)
     return {"images": len(images), "persons": len(annotations),
             "keypoints_visible": int(vis_counts[2]), "keypoints_occluded": int(vis_counts[1]),
             "keypoints_unlabelled": int(vis_counts[0]), "detections": len(detections)}
