@@ -105,9 +105,10 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
-def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path):
+@pytest.mark.parametrize("fidelity", ["paper", "official"])
+def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path, fidelity):
     cfg = tiny("distill", synth, "train.epochs=2", "train.lr_steps=[1]", "train.max_steps_per_epoch=3",
-               teacher=teacher_ckpt)
+               f"distill.fidelity={fidelity}", teacher=teacher_ckpt)
     straight = fit(cfg, run_dir=tmp_path / "straight")
     part = fit(cfg, run_dir=tmp_path / "resumed", stop_after=1)
     assert load_checkpoint(part / "last.pth")["epoch"] == 0 and not (part / "metrics.json").exists()
@@ -118,6 +119,9 @@ def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path
         assert torch.equal(a[key], b[key]), key
     da = load_checkpoint(straight / "last.pth")["distiller"]
     db = load_checkpoint(resumed / "last.pth")["distiller"]
+    if fidelity == "official":  # frozen projectors are not stored, only their checksums
+        assert not any(k.startswith("sape.projectors") for k in da)
+        assert load_checkpoint(straight / "last.pth")["distiller_frozen"]
     assert da.keys() == db.keys()
     for key in da:
         assert torch.equal(da[key], db[key]), key

@@ -271,8 +271,35 @@ def save_state(t: Training, epoch: int, path: Path) -> None:
         "rng": {"torch": torch.get_rng_state()},
     }
     if t.distiller is not None:
-        extra["distiller"] = t.distiller.state_dict()
+        extra.update(distiller_state(t.distiller))
     save_checkpoint(path, t.bare_model, config=config_to_dict(t.cfg), **extra)
+
+
+def distiller_state(distiller: nn.Module) -> dict:
+    """The distiller's state for a checkpoint, without its frozen parameters.
+
+    In ``fidelity: official`` the projectors are never trained (released behaviour) and can be
+    huge (805M parameters at MPII 64x64, see docs/projectors.md). They are a deterministic function
+    of the seed (the run is seeded before any module is built), so the checkpoint keeps only a
+    checksum of each, and :func:`load_distiller_state` checks the rebuilt ones against it.
+    """
+    sd = distiller.state_dict()
+    frozen = {n for n, p in distiller.named_parameters() if not p.requires_grad}
+    return {"distiller": {k: v for k, v in sd.items() if k not in frozen},
+            "distiller_frozen": {k: float(sd[k].double().sum()) for k in sorted(frozen)}}
+
+
+def load_distiller_state(distiller: nn.Module, state: dict, path: str | Path) -> None:
+    """Restore :func:`distiller_state`; the frozen parameters must equal the checkpoint's checksums."""
+    sd = distiller.state_dict()
+    for key, checksum in state.get("distiller_frozen", {}).items():
+        if key not in sd or float(sd[key].double().sum()) != checksum:
+            raise ValueError(f"cannot resume from {path}: the rebuilt frozen distiller parameter '{key}' differs "
+                             "from the one the run was trained with (different seed or code version)")
+    missing = set(sd) - set(state["distiller"]) - set(state.get("distiller_frozen", {}))
+    if missing:
+        raise ValueError(f"cannot resume from {path}: distiller state lacks {sorted(missing)[0]}")
+    distiller.load_state_dict({**sd, **state["distiller"]})
 
 
 def resume_state(t: Training, path: str | Path) -> None:
@@ -291,7 +318,7 @@ def resume_state(t: Training, path: str | Path) -> None:
     t.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
     t.scaler.load_state_dict(state["scaler"])
     if t.distiller is not None and "distiller" in state:
-        t.distiller.load_state_dict(state["distiller"])
+        load_distiller_state(t.distiller, state, path)
     t.start_epoch = int(state["epoch"]) + 1
     t.best = float(state.get("best", -math.inf))
     t.history = list(state.get("history", []))
