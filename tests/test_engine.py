@@ -252,3 +252,19 @@ def test_predictions_map_back_through_the_crop(synth, size):
     pred = predict(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
     centres = np.stack([ds.records[i].center for i in pred["index"]])  # [N, 2]
     np.testing.assert_allclose(pred["coords"], np.repeat(centres[:, None], 16, axis=1), atol=1e-4)
+
+
+@pytest.mark.parametrize("amp, channels_last", [("bf16", True), ("fp16", False)])
+def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, amp, channels_last):
+    """The CUDA-oriented options run through the same code on CPU: autocast, GradScaler, channels_last."""
+    cfg = tiny("distill", synth, f"train.amp={amp}", f"train.channels_last={str(channels_last).lower()}",
+               teacher=teacher_ckpt)
+    t = build_training(cfg, tmp_path / "run")
+    batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
+    loss, terms = compute_losses(t, batch)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    t.scaler.scale(loss).backward()
+    grads = [p.grad for p in t.bare_model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    if channels_last:
+        assert t.bare_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
