@@ -42,6 +42,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -609,6 +610,53 @@ def plot_predictions(
                    highlight=highlight)
     ax.set_title(title if title is not None else f"{w}x{h}", fontsize=10)
     ax.legend(fontsize=7, loc="lower right", framealpha=0.6)
+    return finish_figure(fig, save)
+
+
+def plot_image_predictions(
+    image: Any,
+    keypoints: Any,
+    scores: Any | None = None,
+    boxes: Any | None = None,
+    dataset_name: str = "coco",
+    score_thr: float = 0.0,
+    title: str | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Every person's predicted keypoints on the whole image, e.g. the output of ``cdkd.predict``.
+
+    Args:
+        image: uint8 [H, W, 3] RGB image (or a normalised [3, H, W] tensor).
+        keypoints: [N, J, 2] keypoints in image pixels.
+        scores: optional [N, J] confidences (joints with score <= ``score_thr`` are hidden).
+        boxes: optional [N, 4] person boxes (x, y, w, h) drawn as rectangles.
+        dataset_name: 'coco' or 'mpii' (skeleton).
+        score_thr: confidence threshold for drawing a joint.
+        title: axis title.
+        save: optional output path.
+
+    Returns:
+        The figure.
+    """
+    kpts = _numpy(keypoints, "keypoints")
+    if kpts.ndim != 3 or kpts.shape[-1] != 2:
+        raise ValueError(f"keypoints must be [N, J, 2], got {kpts.shape}")
+    conf = np.ones(kpts.shape[:2]) if scores is None else _numpy(scores, "scores")
+    rgb = as_rgb(image)
+    fig = Figure(figsize=(7, 7 * rgb.shape[0] / max(rgb.shape[1], 1)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(rgb)
+    edges = skeleton_for(dataset_name, kpts.shape[1])
+    for n in range(kpts.shape[0]):
+        draw_keypoints(ax, None, np.concatenate([kpts[n], conf[n][:, None]], axis=1), skeleton=edges,
+                       score_thr=score_thr)
+        if boxes is not None:
+            x, y, w, h = _numpy(boxes, "boxes")[n]
+            ax.add_patch(Rectangle((x, y), w, h, fill=False, color="white", lw=1, ls="--"))
+    ax.set_xlim(0, rgb.shape[1])
+    ax.set_ylim(rgb.shape[0], 0)
+    ax.set_axis_off()
+    ax.set_title(title or f"{kpts.shape[0]} persons")
     return finish_figure(fig, save)
 
 

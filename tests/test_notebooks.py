@@ -36,7 +36,7 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
             "04_evaluate.ipynb", "05_visualize_r32.ipynb", "06_ablations.ipynb"} <= executed
     figures = {p.name for p in (out / "figures").glob("*.png")}
     for expected in ("01_paired_crops.png", "02_teacher_curve.png", "03_curves_r32_s0.png", "04_main_metric.png",
-                     "05_student_joint_r32.png", "05_sau_weights_r32.png", "05_resolution_grid_r64.png"):
+                     "05_student_joint_r32.png", "05_sau_weights_r32.png", "05_resolution_grid_r64.png", "05_predict_r32.png"):
         assert expected in figures
         assert (out / "figures" / expected).stat().st_size > 5000
     summary = (out / "summary.md").read_text()

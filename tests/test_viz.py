@@ -398,3 +398,20 @@ def test_explorer_from_models(rng, sample):
     assert alone.resolutions == ["student"]
     with pytest.raises(KeyError, match="teacher_image"):
         PredictionExplorer.from_models(student, teacher, FakeDataset([{"image": sample["image"]}]))
+
+
+def test_plot_image_predictions_draws_every_person(tmp_path):
+    from cdkd.viz import plot_image_predictions
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    kpts = rng.uniform(10, 110, (3, 17, 2))
+    scores = np.ones((3, 17))
+    scores[0, :5] = 0.0  # hidden joints
+    boxes = np.array([[5, 5, 50, 100], [60, 10, 40, 90], [100, 20, 50, 90]], dtype=float)
+    fig = plot_image_predictions(image, kpts, scores, boxes, "coco", save=tmp_path / "people.png")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 3
+    assert (tmp_path / "people.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="keypoints"):
+        plot_image_predictions(image, kpts[0], dataset_name="coco")
