@@ -146,7 +146,7 @@ def _env():
 @pytest.mark.slow
 def test_torchrun_two_process_gloo(synth, tmp_path):
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "cdkd", "train", "--config", "tiny_teacher", "--out", str(run),
            "--set", f"data.root={synth}/mpii", "--set", "train.device=cpu", "--set", "train.log_every=1",
            "--set", "train.max_steps_per_epoch=2"]
