@@ -28,6 +28,17 @@ def method_label(record: dict) -> str:
     return {"baseline": "SimCC (baseline)", "teacher": "teacher"}.get(mode, str(mode))
 
 
+VARIANT_LABELS = {"baseline": "SimCC (baseline)", "cdkd-paper": "CDKD (paper)", "cdkd-official": "CDKD (official)"}
+
+
+def variant_label(folder: str) -> str | None:
+    """Label of a pipeline run folder ``r{res}_s{seed}_{variant}`` (ablations keep their name)."""
+    parts = folder.split("_", 2)
+    if len(parts) != 3 or not parts[0][1:].isdigit() or not parts[1][1:].isdigit():
+        return None
+    return VARIANT_LABELS.get(parts[2], f"ablation: {parts[2]}")
+
+
 def load_runs(root: str | Path) -> list[dict]:
     """Every ``metrics.json`` below ``root`` with its run folder, label, resolution and seed."""
     runs = []
@@ -37,7 +48,7 @@ def load_runs(root: str | Path) -> list[dict]:
         if "metrics" not in record or "model" not in record:
             continue
         record["run_dir"] = str(path.parent)
-        record["label"] = method_label(record)
+        record["label"] = variant_label(path.parent.name) or method_label(record)
         record["resolution"] = int(record["model"]["input_size"][0])
         record["seed"] = int(record["config"]["train"]["seed"])
         runs.append(record)

@@ -1,0 +1,58 @@
+"""Results tables: grouping by method and resolution, mean ± std over seeds, paired differences."""
+
+import json
+import math
+
+import pytest
+
+from cdkd.config import config_from_dict, config_to_dict
+from cdkd.report import ablation_table, load_runs, markdown_table, paired_difference, summarize, verdict, write_summary
+
+
+def write_run(root, folder, mode, fidelity, seed, res, mean, feature="sape"):
+    cfg = config_to_dict(config_from_dict({"train": {"mode": mode, "seed": seed},
+                                           "distill": {"fidelity": fidelity, "feature": feature}}))
+    record = {"metrics": {"Mean": mean, "Head": mean + 1, "Mean@0.1": mean / 10},
+              "protocol": {"dataset": "mpii", "persons": 10, "boxes": "ground truth", "flip_test": True,
+                           "flip_shift": "exact", "metric": "PCKh@0.5"},
+              "model": {"input_size": [res, res], "params": 1_000_000, "paper_gflops": 0.1, "gmacs": 0.12},
+              "mode": mode, "config": cfg}
+    run = root / "runs" / folder
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path):
+    for seed, (b, p) in enumerate([(30.0, 32.0), (31.0, 30.0), (29.0, 33.0)]):
+        write_run(tmp_path, f"r32_s{seed}_baseline", "baseline", "paper", seed, 32, b)
+        write_run(tmp_path, f"r32_s{seed}_cdkd-paper", "distill", "paper", seed, 32, p)
+    write_run(tmp_path, "r32_s0_necm", "distill", "paper", 0, 32, 31.5, feature="none")
+    write_run(tmp_path, "teacher", "teacher", "paper", 0, 128, 60.0)
+    return tmp_path
+
+
+def test_runs_are_grouped_by_method_and_resolution(results):
+    runs = load_runs(results / "runs")
+    labels = {r["label"] for r in runs}
+    assert labels == {"SimCC (baseline)", "CDKD (paper)", "ablation: necm", "teacher"}
+    table = summarize(runs, ("Mean",))
+    mean, std, n = table[("CDKD (paper)", 32)]["Mean"]
+    assert (mean, n) == (pytest.approx(31.6667, abs=1e-4), 3)
+    assert std == pytest.approx(math.sqrt(((32 - mean) ** 2 + (30 - mean) ** 2 + (33 - mean) ** 2) / 2))
+
+
+def test_paired_difference_and_verdict(results):
+    runs = load_runs(results / "runs")
+    d = paired_difference(runs, "CDKD (paper)", 32, "Mean")
+    assert d["per_seed"] == {0: 2.0, 1: -1.0, 2: 4.0} and d["wins"] == 2 and d["losses"] == 1
+    lines = verdict([r for r in runs if r["label"] != "teacher"], "mpii")
+    assert any("CDKD (paper) did not consistently beat the baseline: Mean difference +1.67" in line for line in lines)
+
+
+def test_summary_and_ablation_tables(results):
+    text = write_summary(results, "mpii", title="t").read_text()
+    assert "| CDKD (paper) | 32x32 | 3 |" in text and "61.442" in text  # the paper's 32x32 CDKD number
+    assert "| teacher | 128x128 | 1 |" in text
+    assert "| necm | 31.50 | 78.772 |" in ablation_table(results, 32, 0)
+    assert "Head" in markdown_table(load_runs(results / "runs"), "mpii")
