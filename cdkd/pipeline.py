@@ -49,8 +49,21 @@ def _common(data_root: str | None, device: str, epochs: int | None, workers: int
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """A run is complete when it wrote its final ``metrics.json``."""
-    return (Path(run_dir) / "metrics.json").exists()
+    """A run is complete when it wrote its final ``metrics.json`` and its ``best.pth`` is there
+    (checkpoints are not committed: a fresh clone retrains what it needs)."""
+    return (Path(run_dir) / "metrics.json").exists() and (Path(run_dir) / "best.pth").exists()
+
+
+def ensure_data(data_root: str | Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> Path:
+    """The dataset under ``data_root``: real or synthetic MPII (``data_root/mpii``) when present,
+    else the synthetic people are generated there (so every notebook runs on a fresh machine)."""
+    root = Path(data_root)
+    if (root / "mpii" / "annot").is_dir():
+        return root
+    from cdkd.data.synthetic import ensure_synthetic
+
+    ensure_synthetic(root, train=n_train, val=n_val, seed=seed)
+    return root
 
 
 def teacher_config(preset: str, data_root: str | None = None, epochs: int | None = None, device: str = "auto",

@@ -31,10 +31,9 @@ def execute(notebook: str, out_path: Path, parameters: dict, cwd: Path) -> float
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     """(notebook, executed copy name, parameters) in order."""
     common = {"preset": args.preset, "data_root": args.data_root, "out_dir": args.out, "device": args.device,
-              "epochs": args.epochs}
+              "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val}
     steps = [
-        ("01_data.ipynb", "01_data.ipynb", {**common, "n_train": args.n_train, "n_val": args.n_val,
-                                            "res": args.res[-1]}),
+        ("01_data.ipynb", "01_data.ipynb", {**common, "res": args.res[-1]}),
         ("02_teacher.ipynb", "02_teacher.ipynb", common),
     ]
     for res in args.res:

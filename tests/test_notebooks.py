@@ -49,3 +49,21 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     nb = nbformat.read(out / "04_evaluate.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+
+
+@pytest.mark.notebook
+@pytest.mark.slow
+def test_distill_notebook_runs_alone_on_a_fresh_machine(tmp_path, monkeypatch):
+    """`papermill notebooks/03_distill.ipynb out.ipynb -p res 32` needs nothing prepared beforehand."""
+    import papermill
+
+    monkeypatch.chdir(tmp_path)
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "03_distill.ipynb"), str(tmp_path / "out.ipynb"),
+                               parameters={"preset": "tiny", "res": 32, "data_root": "data/synth", "out_dir": "results",
+                                           "n_train": 30, "n_val": 20, "variants": "baseline,cdkd-paper"},
+                               cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
+    assert (tmp_path / "data/synth/mpii/annot/gt_valid.mat").exists()
+    assert (tmp_path / "results/runs/teacher/best.pth").exists()
+    for variant in ("baseline", "cdkd-paper"):
+        assert (tmp_path / f"results/runs/r32_s0_{variant}/metrics.json").exists()
+    assert (tmp_path / "results/figures/03_curves_r32_s0.png").exists()
