@@ -268,3 +268,11 @@ def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, 
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if channels_last:
         assert t.bare_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_and_saves_plain_weights(synth, tmp_path):
+    run = fit(tiny("teacher", synth, "train.compile=true", "train.max_steps_per_epoch=2"), run_dir=tmp_path / "c")
+    state = load_checkpoint(run / "last.pth")
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["state_dict"])
+    assert (run / "metrics.json").exists()

@@ -61,7 +61,9 @@ class Training:
 
     @property
     def bare_model(self) -> nn.Module:
-        return self.model.module if hasattr(self.model, "module") else self.model
+        """The plain pose model under torch.compile / DistributedDataParallel wrappers."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        return getattr(model, "module", model)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
