@@ -276,3 +276,20 @@ def test_torch_compile_option_trains_and_saves_plain_weights(synth, tmp_path):
     state = load_checkpoint(run / "last.pth")
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["state_dict"])
     assert (run / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("data.root=/no/such/root", "data.root"),
+    ("teacher.checkpoint=/no/such/teacher.pth", "/no/such/teacher.pth"),
+    ("model.input_size=[32,32]", None),  # control: runs to completion
+])
+def test_cli_bad_input_gives_a_clear_error_not_a_traceback(synth, teacher_ckpt, tmp_path, override, expected):
+    args = [sys.executable, "-m", "cdkd", "train", "--config", "tiny_student", "--out", str(tmp_path / "run"),
+            "--set", f"data.root={synth}/mpii", "--set", f"teacher.checkpoint={teacher_ckpt}",
+            "--set", "train.max_steps_per_epoch=1", "--set", override]
+    proc = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=300)
+    if expected is None:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "Traceback" not in proc.stderr

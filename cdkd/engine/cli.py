@@ -80,8 +80,15 @@ def eval_main(argv: list[str]) -> int:
 
 
 def cli(argv: list[str], command: str = "train") -> int:
+    """Run the command; bad input (config, data, checkpoint) ends with its message, not a traceback."""
+    from cdkd.checkpoint import CheckpointError
+    from cdkd.data import DataError
+
     try:
         return train_main(argv) if command == "train" else eval_main(argv)
     except ConfigError as err:
         print(f"cdkd {command}: config error: {err}", file=sys.stderr)
+        return 2
+    except (DataError, CheckpointError, FileNotFoundError) as err:
+        print(f"cdkd {command}: {err}", file=sys.stderr)
         return 2
