@@ -237,15 +237,16 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
         if i >= steps:
             break
         loss, terms = compute_losses(t, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: { {k: float(v) for k, v in terms.items()} }")
+        # one device->host copy per step for every logged term (not one sync per term)
+        names = [*terms, "loss"]
+        values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
         sync_distiller_grads(t)
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        values = {k: float(v) for k, v in terms.items()}
-        values["loss"] = float(loss.detach())
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
         if i % max(1, cfg.train.log_every) == 0 or i == steps - 1:
