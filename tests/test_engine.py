@@ -293,3 +293,29 @@ def test_cli_bad_input_gives_a_clear_error_not_a_traceback(synth, teacher_ckpt, 
         return
     assert proc.returncode == 2
     assert expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teacher_ckpt, tmp_path):
+    """Adam ignores a gradient's scale, so the engine scales the ETHT group's lr by xi (Eq. 11-12)."""
+    from cdkd.engine.train import set_etht_lr
+
+    moves = {}
+    for xi_max in (0.2, 1.0):
+        cfg = tiny("distill", synth, f"distill.xi_max={xi_max}", "distill.xi_epochs=1", "train.weight_decay=0.01",
+                   teacher=teacher_ckpt)
+        t = build_training(cfg, tmp_path / f"xi{xi_max}")
+        t.distiller.set_epoch(5)  # past the ramp: xi == xi_max
+        set_etht_lr(t.optimizer, t.distiller.xi)
+        etht_group = [g for g in t.optimizer.param_groups if g.get("etht")]
+        assert len(etht_group) == 1 and etht_group[0]["weight_decay"] == 0.0
+        theta = t.distiller.temperature.theta
+        start = float(theta)
+        batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
+        loss, _ = compute_losses(t, batch)  # Adam's first step is lr * sign(grad): exactly lr * xi here
+        t.optimizer.zero_grad()
+        loss.backward()
+        t.optimizer.step()
+        moves[xi_max] = float(theta) - start
+    assert moves[1.0] != 0.0
+    assert abs(moves[1.0]) == pytest.approx(5 * abs(moves[0.2]), rel=1e-3)
+    assert abs(moves[1.0]) == pytest.approx(cfg.train.lr, rel=1e-3)

@@ -314,3 +314,15 @@ def test_mpii_bad_inputs_name_the_problem(tmp_path):
     head_boxes[2, 1] = head_boxes[2, 0]
     with pytest.raises(ValueError, match="person 2"):
         pckh(joints, (joints, visible, head_boxes))
+
+
+def test_mean_at_01_uses_the_official_threshold_index():
+    """HRNet's 'Mean@0.1' is pckAll[11] of arange(0, 0.51, 0.01): a threshold of 0.11."""
+    from cdkd.evaluation.mpii import pckh
+
+    joints = np.tile(np.arange(16, dtype=float)[:, None] * 5.0, (1, 2))[None]  # [1, 16, 2]
+    visible = np.ones((1, 16), bool)
+    head_boxes = np.array([[[0.0, 0.0], [10.0, 0.0]]])  # head size 0.6 * 10 = 6 px
+    for frac, expected in ((0.105, 100.0), (0.115, 0.0)):
+        preds = joints + np.array([frac * 6.0, 0.0])
+        assert pckh(preds, (joints, visible, head_boxes))["Mean@0.1"] == pytest.approx(expected)

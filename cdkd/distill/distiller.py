@@ -159,6 +159,18 @@ class Distiller(nn.Module):
             return []
         return [p for p in self.parameters() if p.requires_grad]
 
+    def etht_parameters(self) -> list[nn.Parameter]:
+        """The adversarial ETHT parameters (theta of tau, phi of alpha/beta); empty in official mode.
+
+        The engine gives them their own optimizer group with no weight decay and a learning rate
+        scaled by xi: Adam's step is invariant to the gradient's scale, so the ``-xi`` of the
+        reversal layer alone would only switch ETHT on and off, not ramp it (Eq. 11-12).
+        """
+        if self.official:
+            return []
+        mods = (self.temperature, self.alpha_weight, self.beta_weight)
+        return [p for m in mods if m is not None for p in m.parameters() if p.requires_grad]
+
     def _feature_loss(self, student_feature: Tensor, teacher_feature: Tensor, sau_terms: dict) -> Tensor:
         """L_fea (Eq. 5) of the configured feature alignment; SAU weight means go to ``sau_terms``."""
         fs = student_feature.float()  # [B, J, h, w]

@@ -111,13 +111,25 @@ def load_teacher(cfg: Config, num_joints: int, device: torch.device) -> nn.Modul
     return teacher
 
 
-def build_optimizer(cfg: Config, params: list) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.optim.Optimizer:
+    """The run's optimizer; ETHT parameters get their own group (``etht``: no weight decay, lr set
+    by :func:`set_etht_lr` each epoch)."""
     kind, lr, wd = cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay
+    groups = [{"params": list(params)}]
+    if etht_params:
+        groups.append({"params": list(etht_params), "weight_decay": 0.0, "etht": True})
     if kind == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=wd)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
+
+
+def set_etht_lr(optimizer: torch.optim.Optimizer, xi: float) -> None:
+    """ETHT strength for the epoch (Eq. 11-12): the ETHT group's lr = the student's lr x xi."""
+    for group in optimizer.param_groups[1:]:
+        if group.get("etht"):
+            group["lr"] = optimizer.param_groups[0]["lr"] * xi
 
 
 def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
@@ -137,11 +149,13 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
         model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
     teacher = distiller = None
+    etht_params: list = []
     if cfg.train.mode == "distill":
         teacher = load_teacher(cfg, train_set.num_joints, device)
         distiller = make_distiller(cfg, model, teacher).to(device)
-        params += list(distiller.trainable_parameters())
-    optimizer = build_optimizer(cfg, params)
+        etht_params = distiller.etht_parameters()
+        params += [p for p in distiller.trainable_parameters() if all(p is not q for q in etht_params)]
+    optimizer = build_optimizer(cfg, params, etht_params)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=list(cfg.train.lr_steps), gamma=cfg.train.lr_factor
     )
@@ -226,6 +240,7 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
     if t.distiller is not None:
         t.distiller.train()
         t.distiller.set_epoch(epoch)
+        set_etht_lr(t.optimizer, t.distiller.xi)
     loader = make_loader(t, epoch)
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
@@ -350,7 +365,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
     try:
         end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, t.start_epoch + stop_after)
         for epoch in range(t.start_epoch, end):
-            seed_everything(cfg.train.seed * 100_003 + epoch, cfg.train.deterministic)
+            seed_everything(cfg.train.seed * 100_003 + epoch + 7_919 * t.dist.rank, cfg.train.deterministic)
             means = train_one_epoch(t, epoch, recorder)
             t.scheduler.step()
             record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}
