@@ -297,8 +297,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}' is {d[section][name]!r}; choose one of {choices}")
     for section in ("model", "teacher"):
         size = d[section]["input_size"]
-        if len(size) != 2 or min(size) <= 0 or any(s % 4 for s in size):
-            raise ConfigError(f"config key '{section}.input_size' must be (H, W), positive multiples of 4; got {size}")
+        if len(size) != 2 or min(size) <= 0 or any(s % 32 for s in size):
+            raise ConfigError(f"config key '{section}.input_size' must be (H, W), positive multiples of 32 "
+                              f"(the backbones downsample by 32); got {size}")
         if d[section]["split_ratio"] <= 0:
             raise ConfigError(f"config key '{section}.split_ratio' must be positive")
     for t in cfg.distill.learn:

@@ -24,9 +24,9 @@ def test_every_preset_loads_and_round_trips(name, tmp_path):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.epochs=7", "model.input_size=[32,48]", "distill.sau_kernels=3,5", "data.flip=false"])
+    cfg = load_config(None, ["train.epochs=7", "model.input_size=[32,96]", "distill.sau_kernels=3,5", "data.flip=false"])
     assert cfg.train.epochs == 7 and isinstance(cfg.train.epochs, int)
-    assert cfg.model.input_size == (32, 48)
+    assert cfg.model.input_size == (32, 96)
     assert cfg.distill.sau_kernels == (3, 5)
     assert cfg.data.flip is False
 

@@ -95,10 +95,10 @@ def test_ground_truth_as_predictions_scores_100(synth):
 
 
 def test_resolution_must_divide_the_teachers():
-    cfg = load_config("tiny_student", ["model.input_size=[32,32]", "teacher.input_size=[80,80]"])
+    cfg = load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]"])
     with pytest.raises(ConfigError, match="model.input_size"):
         check_resolutions(cfg)
-    check_resolutions(load_config("tiny_student", ["teacher.input_size=[80,80]", "distill.merge=overlap"]))
+    check_resolutions(load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]", "distill.merge=overlap"]))
 
 
 def _weights(path: Path) -> dict:
@@ -252,6 +252,8 @@ def test_predictions_map_back_through_the_crop(synth, size):
     pred = predict(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
     centres = np.stack([ds.records[i].center for i in pred["index"]])  # [N, 2]
     np.testing.assert_allclose(pred["coords"], np.repeat(centres[:, None], 16, axis=1), atol=1e-4)
+    scales = np.stack([ds.records[i].scale for i in pred["index"]])
+    np.testing.assert_allclose(pred["area"], np.prod(scales * 200.0, axis=1), rtol=1e-6)  # OKS-NMS area (HRNet)
 
 
 @pytest.mark.parametrize("amp, channels_last", [("bf16", True), ("fp16", False)])

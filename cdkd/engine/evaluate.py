@@ -29,7 +29,8 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
 
     Returns:
         dict with ``coords`` [N,J,2] (image px), ``scores`` [N,J], ``crop_coords`` [N,J,2] (input px),
-        ``index`` [N] (record index), ``image_id`` [N], ``box_score`` [N], ``area`` [N].
+        ``index`` [N] (record index), ``image_id`` [N], ``box_score`` [N], ``area`` [N] (prod(scale*200),
+        the area HRNet/SimCC give OKS-NMS).
     """
     flip = cfg.eval.flip_test if flip is None else flip
     model.eval()
@@ -55,8 +56,9 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
         parts["coords"].append(coords)
         parts["crop_coords"].append(crop)
         parts["scores"].append(scores.cpu().numpy())
-        for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score"), ("area", "area")):
+        for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score")):
             parts[key].append(np.asarray(batch[name]))
+        parts["area"].append(np.prod(scale * 200.0, axis=1))  # the enlarged box area, as HRNet's OKS-NMS
     return {k_: np.concatenate(v) for k_, v in parts.items()}
 
 
