@@ -32,6 +32,7 @@ ABLATIONS: dict[str, tuple[str, ...]] = {
     "conv-feature": ("train.mode=distill", "distill.feature=conv", "distill.logit=none"),
     "fc-feature": ("train.mode=distill", "distill.feature=fc", "distill.logit=none"),
     "fc-logit": ("train.mode=distill", "distill.feature=none", "distill.logit=fc"),
+    "same-class": ("train.mode=distill", "distill.feature=none", "distill.logit=same_class"),  # + k_s, below
     "k1": ("train.mode=distill", "distill.num_projectors=1"),
     "k5": ("train.mode=distill", "distill.num_projectors=5"),
 }
@@ -99,7 +100,13 @@ def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: 
         *table[variant],
         *extra,
     ]
-    return load_config(f"{preset}_student", overrides)
+    cfg = load_config(f"{preset}_student", overrides)
+    if variant == "same-class":  # Table V: a student split ratio that gives the teacher's class count
+        from cdkd.distill.baselines import same_class_split_ratio
+
+        k = same_class_split_ratio(cfg.teacher.split_ratio, tuple(cfg.teacher.input_size), tuple(cfg.model.input_size))
+        cfg = load_config(f"{preset}_student", [*overrides, f"model.split_ratio={k}"])
+    return cfg
 
 
 def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str | Path, force: bool = False,

@@ -321,3 +321,14 @@ def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teach
     assert moves[1.0] != 0.0
     assert abs(moves[1.0]) == pytest.approx(5 * abs(moves[0.2]), rel=1e-3)
     assert abs(moves[1.0]) == pytest.approx(cfg.train.lr, rel=1e-3)
+
+
+def test_same_class_ablation_gets_the_teachers_class_count(synth, teacher_ckpt, tmp_path):
+    from cdkd.pipeline import student_config
+
+    cfg = student_config("tiny", "same-class", 32, 0, teacher_ckpt.parent, data_root=f"{synth}/mpii")
+    assert cfg.model.split_ratio == cfg.teacher.split_ratio * cfg.teacher.input_size[0] / 32
+    t = build_training(cfg, tmp_path / "same")
+    assert t.distiller.student_classes == t.distiller.teacher_classes
+    loss, terms = compute_losses(t, next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4))))
+    assert torch.isfinite(loss) and float(terms["logit"]) > 0

@@ -20,11 +20,11 @@ SAU, paper version (Eq. 1-3), ``sau='paper'``:
 * Eq. 1: parallel branches conv(k x k) + BN + ReLU over F^s, J -> J channels, one per kernel size
   in ``sau_kernels`` (Table VII best: 3, 5, 7, 7).
 * Eq. 2, Fuse(Concat[F'_1..F'_n]): "a fully connected layer, a global pooling layer and a
-  summation". We concatenate the n branch outputs along the channels [B, n*J, h, w], apply one FC
-  over those channels (n*J -> ``sau_hidden``, followed by ReLU) and global-average-pool. An FC over
-  a concatenation *is* the sum of one FC per branch, which is the summation; and since the FC and
-  the pooling are both linear they commute exactly, so we pool first (cheaper) and then apply the
-  FC to the pooled [B, n*J] vector. Result: z [B, sau_hidden].
+  summation". We concatenate the n branch outputs along the channels [B, n*J, h, w], global-average-
+  pool them to [B, n*J], and apply one FC (n*J -> ``sau_hidden``) followed by ReLU. An FC over a
+  concatenation *is* the sum of one FC per branch (the summation). Pooling before the FC is exact
+  for the linear FC itself (they commute); the ReLU comes after the pooling here, which is our
+  reading of the order, and cheaper. Result: z [B, sau_hidden].
 * Eq. 3, Select: K fully connected layers z -> J (one per projector), concatenated to [B, K, J]
   and softmax-normalised across the K projectors: w_k is a per-sample, per-joint-channel weight.
 * Eq. 4: F_out = sum_k w_k * F^P_k (w broadcast over the H' x W' plane).

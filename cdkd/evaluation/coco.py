@@ -20,8 +20,8 @@ keeps the same persons as the released loop. Ties in score keep the input order 
 expression ``list(vg > t) and list(vd > t)`` only looks at the second person, but the protocol
 never passes a threshold there, so no protocol result differs.
 
-Note on thresholds: the HRNet configs use ``IN_VIS_THRE: 0.2`` (our default, config key
-``eval.in_vis_thr``); SimCC's own COCO configs use 0.02.
+Note on thresholds: SimCC's own COCO configs use ``IN_VIS_THRE: 0.02`` (our default, config key
+``eval.in_vis_thr``); the HRNet configs use 0.2.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: f
     return order[np.asarray(keep, dtype=np.int64)]
 
 
-def select_results(predictions, oks_thr: float = 0.9, in_vis_thr: float = 0.2,
+def select_results(predictions, oks_thr: float = 0.9, in_vis_thr: float = 0.02,
                    use_nms: bool = True, sigmas: np.ndarray | None = None,
                    category_id: int = 1) -> list[dict]:
     """Rescore, OKS-NMS per image and format as official COCO keypoint results.
@@ -337,7 +337,7 @@ def _person_category(coco: COCO) -> int:
 
 
 def coco_keypoint_eval(predictions, coco_gt: str | Path | COCO, oks_thr: float = 0.9,
-                       in_vis_thr: float = 0.2, use_nms: bool = True,
+                       in_vis_thr: float = 0.02, use_nms: bool = True,
                        sigmas: np.ndarray | None = None, results_path: str | Path | None = None,
                        verbose: bool = False) -> dict:
     """COCO keypoint AP of top-down predictions (HRNet/SimCC protocol, pycocotools COCOeval).
