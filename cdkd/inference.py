@@ -139,6 +139,31 @@ def crop_persons(image: np.ndarray, boxes: np.ndarray, input_size: Sequence[int]
 
 
 @torch.no_grad()
+@torch.no_grad()
+def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip: bool = True,
+                  shift: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+    """SimCC keypoints of a batch of person crops, with the flip test (the engine's evaluation too).
+
+    Args:
+        model: a pose model returning ``PoseOutput`` (``split_ratio`` attribute).
+        images: normalised crops [B, 3, h, w].
+        flip_pairs: left/right joint pairs (used when ``flip``).
+        flip: average the softmax of the mirrored crop, flipped back (:func:`cdkd.codec.flip_back`).
+        shift: flip alignment, 'exact' (k-1 bins) or 'official' (one bin).
+
+    Returns:
+        (coords [B, J, 2] in crop pixels, scores [B, J]).
+    """
+    k = model.split_ratio
+    out = model(images)
+    px, py = out.x.float().softmax(-1), out.y.float().softmax(-1)  # [B, J, W*k], [B, J, H*k]
+    if flip:
+        mirrored = model(torch.flip(images, dims=[3]))
+        fx, fy = flip_back(mirrored.x.float().softmax(-1), mirrored.y.float().softmax(-1), flip_pairs, k, shift=shift)
+        px, py = (px + fx) / 2, (py + fy) / 2
+    return decode(px, py, k, probabilities=True)
+
+
 def predict(
     image,
     boxes,
@@ -196,16 +221,9 @@ def predict(
         pairs = None
         for start in range(0, len(crops), max(1, int(batch_size))):
             batch = crops[start:start + batch_size].to(run_device)  # [B, 3, h, w]
-            out = model(batch)
-            px, py = out.x.float().softmax(-1), out.y.float().softmax(-1)  # [B, J, W*k], [B, J, H*k]
-            if flip:
-                if pairs is None:
-                    pairs = _checked_pairs(flip_pairs, px.shape[1])
-                mirrored = model(torch.flip(batch, dims=[3]))
-                fx, fy = flip_back(mirrored.x.float().softmax(-1), mirrored.y.float().softmax(-1), pairs, k,
-                                   shift=flip_shift)
-                px, py = (px + fx) / 2, (py + fy) / 2
-            crop_xy, conf = decode(px, py, k, probabilities=True)  # [B, J, 2] crop px, [B, J]
+            if flip and pairs is None:
+                pairs = _checked_pairs(flip_pairs, model.num_joints)
+            crop_xy, conf = predict_crops(model, batch, pairs, flip, flip_shift)  # [B, J, 2] crop px, [B, J]
             coords.append(crop_xy.cpu().numpy())
             scores.append(conf.cpu().numpy())
     finally:

@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cdkd.codec import decode, flip_back
 from cdkd.config import Config, config_to_dict
 from cdkd.data.transforms import transform_preds
+from cdkd.inference import predict_crops
 
 
 @torch.no_grad()
@@ -36,20 +36,12 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
     model.eval()
     loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.workers,
                         pin_memory=device.type == "cuda")
-    k = model.split_ratio
     h, w = model.input_size
     parts: dict[str, list] = {k_: [] for k_ in ("coords", "scores", "crop_coords", "index", "image_id", "box_score", "area")}
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         image = batch["image"].to(device).contiguous(memory_format=fmt)
-        out = model(image)
-        px, py = out.x.float().softmax(-1), out.y.float().softmax(-1)  # [B,J,W*k], [B,J,H*k]
-        if flip:
-            fout = model(torch.flip(image, dims=[3]))
-            fx, fy = flip_back(fout.x.float().softmax(-1), fout.y.float().softmax(-1), dataset.flip_pairs, k,
-                               shift=cfg.eval.flip_shift)
-            px, py = (px + fx) / 2, (py + fy) / 2
-        crop, scores = decode(px, py, k, probabilities=True)  # [B,J,2] in input px, [B,J]
+        crop, scores = predict_crops(model, image, dataset.flip_pairs, flip, cfg.eval.flip_shift)  # [B,J,2], [B,J]
         crop = crop.cpu().numpy()
         center, scale = batch["center"].numpy(), batch["scale"].numpy()
         coords = transform_preds(crop, center, scale, (h, w))  # [B,J,2] image px
