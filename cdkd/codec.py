@@ -21,9 +21,26 @@ import torch
 import torch.nn.functional as F
 
 
-def num_bins(size: int, split_ratio: float) -> int:
-    """Number of SimCC classes along an axis of ``size`` pixels (``int(size * k)``, as SimCC)."""
-    return int(size * split_ratio)
+def num_bins(size: int, split_ratio: float, axis: str = "W") -> int:
+    """Number of SimCC classes along one axis, ``size * k``, which must be an integer.
+
+    Args:
+        size: the input side in pixels (W for x, H for y).
+        split_ratio: the splitting factor k.
+        axis: 'W' or 'H', only used in the error message.
+    Returns:
+        ``size * k`` as an int.
+    Raises:
+        ValueError: if ``size * k`` is not a positive integer (the official code would silently
+        truncate it with ``int()``, making bins and targets disagree).
+    """
+    bins = size * split_ratio
+    if split_ratio <= 0 or abs(bins - round(bins)) > 1e-6:
+        raise ValueError(
+            f"split_ratio k={split_ratio} gives {axis}*k = {size}*{split_ratio} = {bins}, not a positive "
+            "integer number of SimCC classes; choose k so that input size times k is an integer"
+        )
+    return round(bins)
 
 
 def encode(
@@ -54,7 +71,7 @@ def encode(
     if joints.ndim != 2 or joints.shape[1] < 2 or joints.shape[0] != visible.shape[0]:
         raise ValueError(f"encode expects joints [J,2] and visible [J]; got {joints.shape} and {visible.shape}")
     height, width = int(input_size[0]), int(input_size[1])
-    bins_x, bins_y = num_bins(width, split_ratio), num_bins(height, split_ratio)
+    bins_x, bins_y = num_bins(width, split_ratio, "W"), num_bins(height, split_ratio, "H")
     cls = np.around(joints[:, :2] * split_ratio)  # [J, 2], half-to-even
     inside = (cls[:, 0] >= 0) & (cls[:, 0] < bins_x) & (cls[:, 1] >= 0) & (cls[:, 1] < bins_y)
     weight = ((visible > 0) & inside).astype(np.float32)

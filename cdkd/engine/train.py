@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, config_from_dict, config_to_dict
 from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
@@ -174,7 +175,7 @@ def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Disti
     def shapes(model):
         h, w = model.input_size
         k = model.split_ratio
-        return (model.num_joints, h // 4, w // 4), (int(round(w * k)), int(round(h * k)))
+        return (model.num_joints, h // 4, w // 4), (num_bins(w, k, "W"), num_bins(h, k, "H"))
 
     s_feat, s_cls = shapes(student)
     t_feat, t_cls = shapes(teacher)

@@ -23,6 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cdkd.codec import num_bins
+
 
 class PoseOutput(NamedTuple):
     """What a SimCC pose model returns.
@@ -36,28 +38,6 @@ class PoseOutput(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor
     feature: torch.Tensor
-
-
-def num_bins(size: int, split_ratio: float, axis: str = "W") -> int:
-    """Number of SimCC classes along one axis, ``size * k``, which must be an integer.
-
-    Args:
-        size: the input side in pixels (W for x, H for y).
-        split_ratio: the splitting factor k.
-        axis: 'W' or 'H', only used in the error message.
-    Returns:
-        ``size * k`` as an int.
-    Raises:
-        ValueError: if ``size * k`` is not a positive integer (the official code would silently
-        truncate it with ``int()``, making bins and targets disagree).
-    """
-    bins = size * split_ratio
-    if split_ratio <= 0 or abs(bins - round(bins)) > 1e-6:
-        raise ValueError(
-            f"split_ratio k={split_ratio} gives {axis}*k = {size}*{split_ratio} = {bins}, not a positive "
-            "integer number of SimCC classes; choose k so that input size times k is an integer"
-        )
-    return round(bins)
 
 
 class SimCCHead(nn.Module):
