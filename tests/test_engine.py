@@ -177,6 +177,8 @@ def test_cli_interrupt_then_resume(synth, tmp_path):
     assert load_checkpoint(run / "last.pth")["epoch"] == 3
     epochs = [json.loads(line)["epoch"] for line in (run / "epochs.jsonl").read_text().splitlines()]
     assert epochs == sorted(set(epochs)) == [0, 1, 2, 3]
+    steps = [line.split(",")[0] for line in (run / "steps.csv").read_text().splitlines()[1:]]
+    assert len(steps) == len(set(steps)), "the interrupted epoch's log rows must not repeat"
 
 
 def test_eval_cli_writes_metrics_with_protocol(synth, teacher_ckpt, tmp_path):

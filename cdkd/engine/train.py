@@ -14,6 +14,7 @@ mid-epoch restarts that epoch from the previous checkpoint.
 from __future__ import annotations
 
 import contextlib
+import csv
 from collections import Counter
 import json
 import math
@@ -344,6 +345,24 @@ def resume_state(t: Training, path: str | Path) -> None:
     torch.set_rng_state(state["rng"]["torch"])
 
 
+def trim_records(run_dir: Path, start_epoch: int) -> None:
+    """Drop the log rows of epochs at or after ``start_epoch``: a run killed mid-epoch logged part of
+    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``."""
+    steps = run_dir / "steps.csv"
+    if steps.exists():
+        with open(steps, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            col = rows[0].index("epoch")
+            kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[col])) < start_epoch]
+            with open(steps, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+    epochs = run_dir / "epochs.jsonl"
+    if epochs.exists():
+        lines = [ln for ln in epochs.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
+        epochs.write_text("".join(ln + "\n" for ln in lines))
+
+
 def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
         stop_after: int | None = None) -> Path:
     """Train a run to the end (or continue it with ``resume``); returns the run folder.
@@ -359,6 +378,8 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
         resume = t.run_dir / "last.pth" if (t.run_dir / "last.pth").exists() else None
     if resume:
         resume_state(t, resume)
+        if t.dist.is_main:
+            trim_records(t.run_dir, t.start_epoch)
     elif t.dist.is_main:
         for stale in ("steps.csv", "epochs.jsonl", "metrics.json", "last.pth", "best.pth"):
             (t.run_dir / stale).unlink(missing_ok=True)  # a fresh run never mixes with an old one
