@@ -31,24 +31,17 @@ VIEW_KEYS = ("image", "pred")
 def decode_argmax(x_logits: np.ndarray, y_logits: np.ndarray, split_ratio: float) -> np.ndarray:
     """SimCC decoding (argmax / k, confidence = larger peak probability) of one batch.
 
-    Uses :func:`cdkd.codec.decode` when importable, else the same rule here.
-
     Args:
         x_logits: [B, J, W*k] array.
         y_logits: [B, J, H*k] array.
         split_ratio: k.
 
     Returns:
-        [B, J, 3] float array (x, y, score) in crop pixels.
+        [B, J, 3] float array (x, y, score) in crop pixels (:func:`cdkd.codec.decode`).
     """
-    try:
-        from cdkd.codec import decode
-    except ImportError:
-        px, py = viz.probabilities(x_logits), viz.probabilities(y_logits)  # [B, J, C]
-        coords = np.stack([px.argmax(-1), py.argmax(-1)], axis=-1) / split_ratio  # [B, J, 2]
-        scores = np.maximum(px.max(-1), py.max(-1))  # [B, J]
-    else:
-        coords, scores = decode(np.asarray(x_logits, np.float32), np.asarray(y_logits, np.float32), split_ratio)
+    from cdkd.codec import decode
+
+    coords, scores = decode(np.asarray(x_logits, np.float32), np.asarray(y_logits, np.float32), split_ratio)
     return np.concatenate([coords, scores[..., None]], axis=-1).astype(np.float64)  # [B, J, 3]
 
 

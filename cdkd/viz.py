@@ -122,9 +122,7 @@ def probabilities(logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
 
 
 def merge_probabilities(probs: np.ndarray, m: int) -> np.ndarray:
-    """CCA Eq. 6 on arrays: sum every m adjacent probabilities.
-
-    Uses :func:`cdkd.distill.cca.merge_bins` when importable, else the same sum here.
+    """CCA Eq. 6 on arrays: :func:`cdkd.distill.cca.merge_bins` (sum every m adjacent probabilities).
 
     Args:
         probs: [..., C_t] probabilities.
@@ -133,15 +131,11 @@ def merge_probabilities(probs: np.ndarray, m: int) -> np.ndarray:
     Returns:
         [..., C_t / m] merged probabilities.
     """
-    try:
-        import torch
+    import torch
 
-        from cdkd.distill.cca import merge_bins
-    except ImportError:
-        if probs.shape[-1] % m:
-            raise ValueError(f"cannot merge {probs.shape[-1]} classes by m={m}") from None
-        return probs.reshape(*probs.shape[:-1], probs.shape[-1] // m, m).sum(-1)  # [..., C_t/m]
-    return merge_bins(torch.from_numpy(probs), m).numpy()  # [..., C_t/m]
+    from cdkd.distill.cca import merge_bins
+
+    return merge_bins(torch.from_numpy(np.asarray(probs)), m).numpy()  # [..., C_t/m]
 
 
 def note_axis(ax: Axes, text: str) -> None:
