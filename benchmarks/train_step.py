@@ -96,7 +96,7 @@ def step_functions(cfg, student, teacher, distiller, batch: dict, device: torch.
     opt_distill = torch.optim.Adam(list(student.parameters()) + distiller.trainable_parameters(), lr=1e-3)
 
     def train_step(state, optimizer):
-        loss, _ = compute_losses(state, batch)
+        loss, _, _ = compute_losses(state, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -14,6 +14,7 @@ COMMANDS = {
     "data": ("cdkd.data.cli", "Generate the synthetic people dataset ('data synth')"),
     "train": ("cdkd.engine.cli", "Train a teacher, a baseline student or a CDKD student"),
     "eval": ("cdkd.engine.cli", "Evaluate a checkpoint (COCO AP or MPII PCKh)"),
+    "diagnose": ("cdkd.diagnose", "Measure each Eq. 8 term's share of the student's update"),
     "export": ("cdkd.export", "Export a student to ONNX or TorchScript"),
     "reproduce": ("cdkd.reproduce", "Run the whole reproduction by executing the notebooks"),
 }

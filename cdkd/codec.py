@@ -147,9 +147,10 @@ def flip_shift_bins(split_ratio: float, shift: str) -> int:
 def _shift_left(t: torch.Tensor, bins: int) -> torch.Tensor:
     """Move the last axis ``bins`` places left; the vacated right end repeats the last value.
 
-    Repeating the edge (rather than writing zeros) is what SimCC's in-place
-    ``out[..., :-1] = out[..., 1:]`` leaves behind, and it is neutral for both logits and
-    probabilities (a zero logit or probability would invent or remove mass at the border).
+    Repeating the edge is what SimCC's in-place ``out[..., :-1] = out[..., 1:]`` leaves behind. It
+    is not neutral: on probabilities the row no longer sums to one (the first bin's mass is lost and
+    the last bin's counted twice); on logits (the released order, see
+    :func:`cdkd.inference.predict_crops`) the softmax that follows renormalises the rest.
     """
     if bins <= 0:
         return t

@@ -37,6 +37,7 @@ class TeacherConfig:
     input_size: tuple[int, int] = (256, 256)
     split_ratio: float = 3.0
     checkpoint: str = ""  # cdkd checkpoint or official state dict of the trained teacher
+    random: bool = False  # True: an untrained teacher of this arch (the control arm; checkpoint ignored)
 
 
 @dataclass
@@ -90,9 +91,11 @@ class DistillConfig:
     tau_min: float = 1.0
     tau_range: float = 20.0
     learn: tuple[str, ...] = ("tau",)  # Table VIII: tau | tau,alpha | tau,alpha,beta
-    xi_epochs: int = 10  # ETHT: xi rises 0 -> xi_max (cosine) over these epochs; 0: over all train.epochs
+    xi_epochs: int = 10  # ETHT: xi rises 0 -> xi_max (cosine) over these epochs; 0: reaching xi_max at the last epoch
     xi_max: float = 1.0
-    merge: str = "integer"  # integer: sum m adjacent bins; overlap: mass-conserving for any ratio
+    merge: str = "integer"  # integer: Eq. 6 (m adjacent bins); overlap / centred: any ratio (centred: bias-free)
+    calibrate_share: float = 0.0  # >0: set alpha, beta before training so each term has this share of the update
+    calibrate_batches: int = 4  # training batches the calibration averages over
 
 
 @dataclass
@@ -113,9 +116,11 @@ class TrainConfig:
     deterministic: bool = True
     max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)
     log_every: int = 10
+    log_shares: bool = True  # steps.csv: each Eq. 8 term's share of the update on logged steps (2 extra backwards)
     val_every: int = 1
     out_dir: str = "runs"
     run_name: str = ""  # default: derived from mode, archs, sizes, dataset and seed
+    variant: str = ""  # the arm this run belongs to (baseline, cdkd-paper, ...), recorded in metrics.json
 
 
 @dataclass
@@ -126,6 +131,7 @@ class EvalConfig:
     oks_thr: float = 0.9  # OKS-NMS threshold
     in_vis_thr: float = 0.02  # keypoint confidence counted in rescoring (SimCC IN_VIS_THRE)
     pck_threshold: float = 0.5
+    mean_at_01: str = "simcc"  # Mean@0.1 threshold: simcc = 0.10 (SimCC/CDKD releases, Table I); hrnet = 0.11
 
 
 @dataclass
@@ -238,14 +244,28 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Load a preset by name (``mpii_w32_64_distill``) or a YAML file, then apply overrides.
+def dotted(values: dict[str, Any]) -> dict:
+    """``{'train.lr': 0.01}`` -> ``{'train': {'lr': 0.01}}`` (values kept as given, typed later)."""
+    out: dict = {}
+    for key, value in values.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple = (),
+                values: dict[str, Any] | None = None) -> Config:
+    """Load a preset by name (``mpii_w32_64_distill``) or a YAML file, then apply values and overrides.
 
     Args:
         name_or_path: preset name from :func:`list_presets`, a YAML path, or None for the defaults.
-        overrides: ``section.key=value`` strings, applied in order.
+        overrides: ``section.key=value`` strings (the command line's ``--set``), applied last, in order.
+        values: ``{'section.key': value}`` set before the overrides (programmatic callers).
     """
-    values: dict = {}
+    merged: dict = {}
     if name_or_path:
         path = Path(name_or_path)
         if not path.suffix:
@@ -257,14 +277,15 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
         with open(path) as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
+            merged = yaml.safe_load(f) or {}
+        if not isinstance(merged, dict):
             raise ConfigError(f"config file {path} must hold a mapping")
-        values.setdefault("name", path.stem)
+        merged.setdefault("name", path.stem)
+    merged = _merge(merged, dotted(values or {}))
     for text in overrides:
-        values = _merge(values, parse_override(text))
+        merged = _merge(merged, parse_override(text))
     try:
-        cfg = config_from_dict(values)
+        cfg = config_from_dict(merged)
     except ConfigError as err:
         where = f" in {name_or_path}" if name_or_path else ""
         raise ConfigError(f"{err}{where}") from None
@@ -280,11 +301,12 @@ _CHOICES = {
     "distill.feature": ("sape", "conv", "fc", "none"),
     "distill.logit": ("cca", "fc", "same_class", "none"),
     "distill.projector": ("light", "full"),
-    "distill.merge": ("integer", "overlap"),
+    "distill.merge": ("integer", "overlap", "centred"),
     "train.mode": ("teacher", "baseline", "distill"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "eval.flip_shift": ("exact", "official"),
+    "eval.mean_at_01": ("simcc", "hrnet"),
 }
 
 
@@ -307,6 +329,21 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'distill.learn' has {t!r}; allowed: tau, alpha, beta")
     if cfg.train.epochs <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be positive")
+    if cfg.distill.calibrate_share < 0 or cfg.distill.calibrate_batches <= 0:
+        raise ConfigError("config key 'distill.calibrate_share' must be >= 0 and 'distill.calibrate_batches' positive")
+    _check_resolutions(cfg)
+
+
+def _check_resolutions(cfg: Config) -> None:
+    """CCA's integer merge (Eq. 6) needs m = teacher/student size to be an integer on each axis."""
+    if cfg.train.mode != "distill" or cfg.distill.merge != "integer" or cfg.distill.logit not in ("cca",):
+        return
+    for axis, t, s in zip("HW", cfg.teacher.input_size, cfg.model.input_size):
+        if t % s:
+            raise ConfigError(
+                f"config key 'model.input_size' ({s} along {axis}) does not divide "
+                f"'teacher.input_size' ({t}); choose a divisor or set distill.merge=overlap or centred"
+            )
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -139,7 +139,6 @@ def crop_persons(image: np.ndarray, boxes: np.ndarray, input_size: Sequence[int]
 
 
 @torch.no_grad()
-@torch.no_grad()
 def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip: bool = True,
                   shift: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """SimCC keypoints of a batch of person crops, with the flip test (the engine's evaluation too).
@@ -149,7 +148,14 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip
         images: normalised crops [B, 3, h, w].
         flip_pairs: left/right joint pairs (used when ``flip``).
         flip: average the softmax of the mirrored crop, flipped back (:func:`cdkd.codec.flip_back`).
-        shift: flip alignment, 'exact' (k-1 bins) or 'official' (one bin).
+        shift: flip alignment and order:
+
+            * ``'exact'`` (default): softmax, then flip back and shift the *probabilities* k-1 bins
+              (the alignment that is right for any integer k).
+            * ``'official'``: the released SimCC/CDKD ``validate``: flip back the *logits*, shift x
+              one bin left (the last bin keeps its value), then the softmax, so dropping the first
+              bin renormalises the rest. Joint confidences and, near the crop border, coordinates
+              differ from ``'exact'``.
 
     Returns:
         (coords [B, J, 2] in crop pixels, scores [B, J]).
@@ -159,7 +165,12 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip
     px, py = out.x.float().softmax(-1), out.y.float().softmax(-1)  # [B, J, W*k], [B, J, H*k]
     if flip:
         mirrored = model(torch.flip(images, dims=[3]))
-        fx, fy = flip_back(mirrored.x.float().softmax(-1), mirrored.y.float().softmax(-1), flip_pairs, k, shift=shift)
+        mx, my = mirrored.x.float(), mirrored.y.float()
+        if shift == "official":  # logits flipped and shifted first, softmax last
+            fx, fy = flip_back(mx, my, flip_pairs, k, shift="official")
+            fx, fy = fx.softmax(-1), fy.softmax(-1)
+        else:
+            fx, fy = flip_back(mx.softmax(-1), my.softmax(-1), flip_pairs, k, shift=shift)
         px, py = (px + fx) / 2, (py + fy) / 2
     return decode(px, py, k, probabilities=True)
 

@@ -16,36 +16,48 @@ from pathlib import Path
 
 from cdkd.config import Config, load_config
 
-# Student variants: overrides applied on top of the student preset (Table I rows, both fidelities).
-VARIANTS: dict[str, tuple[str, ...]] = {
-    "baseline": ("train.mode=baseline",),
-    "cdkd-paper": ("train.mode=distill", "distill.fidelity=paper"),
-    "cdkd-official": ("train.mode=distill", "distill.fidelity=official"),
+# Student arms: config values set on top of the student preset (Table I rows, both fidelities, and the
+# control). Plain data: dotted config keys -> values.
+VARIANTS: dict[str, dict[str, object]] = {
+    "baseline": {"train.mode": "baseline"},
+    # the paper's method; the demo preset calibrates alpha and beta (distill.calibrate_share)
+    "cdkd-paper": {"train.mode": "distill", "distill.fidelity": "paper"},
+    # the released code, with the preset's released loss weights (no calibration: the released
+    # feature term is detached and sends no gradient to the student)
+    "cdkd-official": {"train.mode": "distill", "distill.fidelity": "official", "distill.calibrate_share": 0.0},
+    # control: the paper's method, same calibration rule, but an untrained teacher
+    "cdkd-random-teacher": {"train.mode": "distill", "distill.fidelity": "paper", "teacher.random": True},
 }
 
-# Ablations of Tables III, V and VI (MPII 64x64 in the paper), as overrides of a distill run.
-ABLATIONS: dict[str, tuple[str, ...]] = {
-    "projector-ensemble": ("train.mode=distill", "distill.sau=false", "distill.logit=none"),
-    "sape": ("train.mode=distill", "distill.logit=none"),
-    "necm": ("train.mode=distill", "distill.feature=none", "distill.etht=false"),
-    "cca-etht": ("train.mode=distill", "distill.feature=none"),
-    "conv-feature": ("train.mode=distill", "distill.feature=conv", "distill.logit=none"),
-    "fc-feature": ("train.mode=distill", "distill.feature=fc", "distill.logit=none"),
-    "fc-logit": ("train.mode=distill", "distill.feature=none", "distill.logit=fc"),
-    "same-class": ("train.mode=distill", "distill.feature=none", "distill.logit=same_class"),  # + k_s, below
-    "k1": ("train.mode=distill", "distill.num_projectors=1"),
-    "k5": ("train.mode=distill", "distill.num_projectors=5"),
+# Ablations of Tables III, V and VI (MPII 64x64 in the paper), as values of a distill run.
+ABLATIONS: dict[str, dict[str, object]] = {
+    "projector-ensemble": {"train.mode": "distill", "distill.sau": False, "distill.logit": "none"},
+    "sape": {"train.mode": "distill", "distill.logit": "none"},
+    "necm": {"train.mode": "distill", "distill.feature": "none", "distill.etht": False},
+    "cca-etht": {"train.mode": "distill", "distill.feature": "none"},
+    "conv-feature": {"train.mode": "distill", "distill.feature": "conv", "distill.logit": "none"},
+    "fc-feature": {"train.mode": "distill", "distill.feature": "fc", "distill.logit": "none"},
+    "fc-logit": {"train.mode": "distill", "distill.feature": "none", "distill.logit": "fc"},
+    "same-class": {"train.mode": "distill", "distill.feature": "none", "distill.logit": "same_class"},  # + k_s, below
+    "k1": {"train.mode": "distill", "distill.num_projectors": 1},
+    "k5": {"train.mode": "distill", "distill.num_projectors": 5},
+    "centred-merge": {"train.mode": "distill", "distill.merge": "centred"},
 }
 
 
-def _common(data_root: str | None, device: str, epochs: int | None, workers: int | None) -> list[str]:
-    out = [f"train.device={device}"]
+def share_variant(share: float) -> str:
+    """The sweep's arm name for a distillation share (0 is the baseline)."""
+    return "baseline" if share == 0 else f"share-{share:g}"
+
+
+def _common(data_root: str | None, device: str, epochs: int | None, workers: int | None) -> dict[str, object]:
+    out: dict[str, object] = {"train.device": device}
     if data_root:
-        out.append(f"data.root={data_root}")
+        out["data.root"] = str(data_root)
     if epochs:
-        out.append(f"train.epochs={epochs}")
+        out["train.epochs"] = int(epochs)
     if workers is not None:
-        out.append(f"data.workers={workers}")
+        out["data.workers"] = int(workers)
     return out
 
 
@@ -69,9 +81,10 @@ def ensure_data(data_root: str | Path, n_train: int = 4000, n_val: int = 1000, s
 
 def teacher_config(preset: str, data_root: str | None = None, epochs: int | None = None, device: str = "auto",
                    seed: int = 0, workers: int | None = None, extra: tuple[str, ...] = ()) -> Config:
-    """The teacher's config: ``{preset}_teacher`` with the common overrides."""
-    overrides = [*_common(data_root, device, epochs, workers), f"train.seed={seed}", *extra]
-    return load_config(f"{preset}_teacher", overrides)
+    """The teacher's config: ``{preset}_teacher`` with the common values; ``extra``: user overrides
+    (``'key=value'``, as on the command line)."""
+    values = {**_common(data_root, device, epochs, workers), "train.seed": seed}
+    return load_config(f"{preset}_teacher", extra, values=values)
 
 
 def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwargs) -> Path:
@@ -87,25 +100,29 @@ def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwarg
 def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: str | Path,
                    data_root: str | None = None, epochs: int | None = None, device: str = "auto",
                    workers: int | None = None, extra: tuple[str, ...] = ()) -> Config:
-    """A student's config at ``res`` x ``res``: ``{preset}_student`` + the variant's overrides."""
+    """A student's config at ``res`` x ``res``: ``{preset}_student`` + the variant's values (an arm
+    of ``VARIANTS``, an ablation, or a share of the sweep, ``share-S``); ``extra``: user overrides."""
     table = {**VARIANTS, **ABLATIONS}
-    if variant not in table:
-        raise KeyError(f"unknown variant '{variant}'; variants: {', '.join(table)}")
-    teacher_ckpt = Path(teacher_dir) / "best.pth"
-    overrides = [
-        *_common(data_root, device, epochs, workers),
-        f"model.input_size=[{res},{res}]",
-        f"train.seed={seed}",
-        f"teacher.checkpoint={teacher_ckpt}",
-        *table[variant],
-        *extra,
-    ]
-    cfg = load_config(f"{preset}_student", overrides)
+    if variant.startswith("share-"):
+        arm = {**VARIANTS["cdkd-paper"], "distill.calibrate_share": float(variant[len("share-"):])}
+    elif variant in table:
+        arm = table[variant]
+    else:
+        raise KeyError(f"unknown variant '{variant}'; variants: {', '.join(table)}, share-S")
+    values = {
+        **_common(data_root, device, epochs, workers),
+        "model.input_size": [res, res],
+        "train.seed": seed,
+        "teacher.checkpoint": str(Path(teacher_dir) / "best.pth"),
+        "train.variant": variant,
+        **arm,
+    }
+    cfg = load_config(f"{preset}_student", extra, values=values)
     if variant == "same-class":  # Table V: a student split ratio that gives the teacher's class count
         from cdkd.distill.baselines import same_class_split_ratio
 
         k = same_class_split_ratio(cfg.teacher.split_ratio, tuple(cfg.teacher.input_size), tuple(cfg.model.input_size))
-        cfg = load_config(f"{preset}_student", [*overrides, f"model.split_ratio={k}"])
+        cfg = load_config(f"{preset}_student", extra, values={**values, "model.split_ratio": k})
     return cfg
 
 
@@ -132,6 +149,12 @@ def switch_overrides(sape: bool = True, cca: bool = True, etht: bool = True) -> 
     if not etht:
         out.append("distill.etht=false")
     return tuple(out)
+
+
+def train_share_sweep(preset: str, shares, res: int, seed: int, out_dir: str | Path, **kwargs) -> dict[float, Path]:
+    """CDKD (paper form) with alpha and beta calibrated so that each distillation term has share S
+    of the update, for each S in ``shares`` (S = 0 is the baseline); returns {S: run folder}."""
+    return {float(s): train_student(preset, share_variant(float(s)), res, seed, out_dir, **kwargs) for s in shares}
 
 
 def train_students(preset: str, variants: str | list[str], res: int, seed: int, out_dir: str | Path,

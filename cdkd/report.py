@@ -28,15 +28,20 @@ def method_label(record: dict) -> str:
     return {"baseline": "SimCC (baseline)", "teacher": "teacher"}.get(mode, str(mode))
 
 
-VARIANT_LABELS = {"baseline": "SimCC (baseline)", "cdkd-paper": "CDKD (paper)", "cdkd-official": "CDKD (official)"}
+VARIANT_LABELS = {
+    "baseline": "SimCC (baseline)",
+    "cdkd-paper": "CDKD (paper)",
+    "cdkd-official": "CDKD (official)",
+    "cdkd-random-teacher": "control: CDKD (paper), untrained teacher",
+}
 
 
-def variant_label(folder: str) -> str | None:
-    """Label of a pipeline run folder ``r{res}_s{seed}_{variant}`` (ablations keep their name)."""
-    parts = folder.split("_", 2)
-    if len(parts) != 3 or not parts[0][1:].isdigit() or not parts[1][1:].isdigit():
+def variant_label(record: dict) -> str | None:
+    """Label of a run from its own record (``metrics.json``'s ``variant``); ablations keep their name."""
+    variant = record.get("variant") or record.get("config", {}).get("train", {}).get("variant")
+    if not variant or variant in ("teacher", "distill"):  # no arm recorded: labelled by its mode
         return None
-    return VARIANT_LABELS.get(parts[2], f"ablation: {parts[2]}")
+    return VARIANT_LABELS.get(variant, f"ablation: {variant}")
 
 
 def load_runs(root: str | Path) -> list[dict]:
@@ -48,9 +53,9 @@ def load_runs(root: str | Path) -> list[dict]:
         if "metrics" not in record or "model" not in record:
             continue
         record["run_dir"] = str(path.parent)
-        record["label"] = variant_label(path.parent.name) or method_label(record)
-        record["resolution"] = int(record["model"]["input_size"][0])
-        record["seed"] = int(record["config"]["train"]["seed"])
+        record["label"] = variant_label(record) or method_label(record)
+        record["resolution"] = int(record.get("res") or record["model"]["input_size"][0])
+        record["seed"] = int(record.get("seed", record["config"]["train"]["seed"]))
         runs.append(record)
     return runs
 
@@ -117,30 +122,104 @@ def markdown_table(runs: list[dict], dataset: str, arch_for_paper: str = "hrnet_
     return "\n".join(lines)
 
 
+def paired_stats(diffs: list[float]) -> dict:
+    """Mean paired difference with its 95% confidence interval (Student t), the paired t-test and
+    the Wilcoxon signed-rank test (both two-sided; scipy.stats)."""
+    from scipy import stats
+
+    mean, std, n = mean_std(diffs)
+    out = {"mean": mean, "std": std, "n": n, "ci95": (math.nan, math.nan), "t_p": math.nan, "wilcoxon_p": math.nan}
+    if n < 2:
+        return out
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+    out["ci95"] = (mean - half, mean + half)
+    if std > 0:
+        out["t_p"] = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    if any(d != 0 for d in diffs):
+        out["wilcoxon_p"] = float(stats.wilcoxon(diffs).pvalue)
+    return out
+
+
+def run_state(record: dict) -> dict[str, float]:
+    """A run's final ETHT state and distillation share, from its record: tau and xi of the last
+    epoch, and the mean share of the update of each distillation term over its logged steps."""
+    train = record.get("last_epoch_train") or {}
+    config = record.get("config", {}).get("distill", {})
+    distill = record.get("mode") == "distill"
+    return {
+        "tau": float(train["tau"]) if distill and "tau" in train else math.nan,
+        "xi": float(train["xi"]) if distill and "xi" in train else math.nan,
+        "share": float(train.get("share_feature", 0.0) + train.get("share_logit", 0.0)) if "share_task" in train else math.nan,
+        "alpha": float(config.get("alpha", math.nan)) if distill else 0.0,
+        "beta": float(config.get("beta", math.nan)) if distill else 0.0,
+    }
+
+
+def _word(ci: tuple[float, float]) -> str:
+    if not ci[0] <= ci[1]:
+        return "cannot be compared with (fewer than 2 paired seeds)"
+    if ci[0] > 0:
+        return "beat"
+    if ci[1] < 0:
+        return "was worse than"
+    return "did not differ significantly from"
+
+
 def verdict(runs: list[dict], dataset: str) -> list[str]:
-    """Plain sentences: did each CDKD variant beat the baseline, by how much, with what spread."""
+    """Plain sentences, written from the numbers: for each arm and resolution, the paired difference
+    to the baseline with its 95% CI, the paired t-test and the Wilcoxon test. An arm 'beat' the
+    baseline only when the whole interval is above zero."""
     column = "Mean" if dataset == "mpii" else "AP"
     out = []
-    labels = sorted({r["label"] for r in runs if r["label"].startswith("CDKD")})
+    labels = sorted({r["label"] for r in runs if r["label"] not in ("SimCC (baseline)", "teacher")})
     for res in sorted({r["resolution"] for r in runs if r["label"] != "teacher"}):
         for label in labels:
             d = paired_difference(runs, label, res, column)
             if d["n"] == 0:
                 continue
-            seeds = ", ".join(f"s{s}: {v:+.2f}" for s, v in d["per_seed"].items())
-            if d["wins"] == d["n"]:
-                word = "beat"
-            elif d["wins"] == d["losses"] == 0:
-                word = "tied with"
-            elif d["losses"] == d["n"]:
-                word = "did not beat (worse on every seed)"
-            else:
-                word = "did not consistently beat"
+            st = paired_stats(list(d["per_seed"].values()))
+            lo, hi = st["ci95"]
             out.append(
-                f"- {res}x{res}, {label} {word} the baseline: {column} difference {d['mean']:+.2f} "
-                f"± {d['std']:.2f} (mean ± std over {d['n']} paired seeds; {seeds})."
+                f"- {res}x{res}, {label} {_word(st['ci95'])} the baseline: {column} difference "
+                f"{st['mean']:+.2f} (95% CI [{lo:+.2f}, {hi:+.2f}], {st['n']} paired seeds, "
+                f"{d['wins']} ahead / {d['losses']} behind; paired t-test p = {st['t_p']:.3g}, "
+                f"Wilcoxon signed-rank p = {st['wilcoxon_p']:.3g})."
             )
     return out
+
+
+def arms_table(runs: list[dict], dataset: str) -> str:
+    """Per resolution and arm: mean ± std, the paired difference to the baseline with its 95% CI and
+    tests, the final tau and xi, the loss weights and the measured distillation share."""
+    column = "Mean" if dataset == "mpii" else "AP"
+    head = ["Res", "Arm", "Seeds", f"{column} (mean ± std)", "Δ vs baseline", "95% CI", "t-test p",
+            "Wilcoxon p", "final tau", "final xi", "alpha", "beta", "distill. share"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    students = [r for r in runs if r["label"] != "teacher"]
+    for res in sorted({r["resolution"] for r in students}):
+        here = [r for r in students if r["resolution"] == res]
+        for label in sorted({r["label"] for r in here}, key=lambda x: (x != "SimCC (baseline)", x)):
+            members = [r for r in here if r["label"] == label]
+            values = mean_std([float(r["metrics"][column]) for r in members])
+            states = [run_state(r) for r in members]
+
+            def avg(key, fmt, states=states):
+                vals = [s[key] for s in states if not math.isnan(s[key])]
+                return fmt.format(sum(vals) / len(vals)) if vals else "-"
+
+            if label == "SimCC (baseline)":
+                diff = ci = tp = wp = "-"
+            else:
+                st = paired_stats(list(paired_difference(runs, label, res, column)["per_seed"].values()))
+                diff = f"{st['mean']:+.2f}" if st["n"] else "-"
+                ci = f"[{st['ci95'][0]:+.2f}, {st['ci95'][1]:+.2f}]" if st["n"] > 1 else "-"
+                tp = f"{st['t_p']:.3g}" if not math.isnan(st["t_p"]) else "-"
+                wp = f"{st['wilcoxon_p']:.3g}" if not math.isnan(st["wilcoxon_p"]) else "-"
+            lines.append("| " + " | ".join([
+                f"{res}x{res}", label, str(values[2]), _fmt(values), diff, ci, tp, wp,
+                avg("tau", "{:.2f}"), avg("xi", "{:.2f}"), avg("alpha", "{:.3g}"), avg("beta", "{:.3g}"),
+                avg("share", "{:.1%}")]) + " |")
+    return "\n".join(lines)
 
 
 def load_run(run_dir: str | Path) -> dict:
@@ -204,6 +283,14 @@ def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd
         "",
         "## Did CDKD beat the baseline?",
         "",
+        "Paired by seed (each arm's run of seed s starts from the same student initialisation and data",
+        "order as the baseline's). Δ is arm minus baseline; the 95% CI is Student's t over the paired",
+        "differences; p-values are two-sided (paired t-test; Wilcoxon signed-rank). The final tau and xi",
+        "are the last epoch's; the distillation share is the feature and logit terms' share of the Adam",
+        "update on the student's parameters (cdkd.diagnose), averaged over the last epoch's logged steps.",
+        "",
+        arms_table(students, dataset),
+        "",
         *(verdict(students, dataset) or ["- No paired runs found."]),
         "",
     ]
@@ -237,13 +324,11 @@ def ablation_table(out_dir: str | Path, res: int, seed: int, dataset: str = "mpi
     from cdkd.reference import MPII_64_ABLATIONS
 
     column = "Mean" if dataset == "mpii" else "AP"
-    prefix = f"r{res}_s{seed}_"
     lines = [f"| Variant | {column} | Paper (MPII 64x64) |", "|---|---|---|"]
     for r in load_runs(Path(out_dir) / "runs"):
-        name = Path(r["run_dir"]).name
-        if not name.startswith(prefix):
+        variant = r.get("variant") or r["config"]["train"].get("variant")
+        if r["resolution"] != res or r["seed"] != seed or variant in (None, "teacher"):
             continue
-        variant = name[len(prefix):]
         ref = MPII_64_ABLATIONS.get(ABLATION_REFERENCE.get(variant, ""), None)
         lines.append(f"| {variant} | {float(r['metrics'][column]):.2f} | {f'{ref:.3f}' if ref is not None else '-'} |")
     return "\n".join(lines) + "\n"

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cdkd.config import ConfigError, DistillConfig
+from cdkd.config import ConfigError, DistillConfig, load_config
 from cdkd.distill import (
     SAPE,
     ConvDownsample,
@@ -20,7 +20,9 @@ from cdkd.distill import (
     LearnableWeight,
     cca_loss,
     class_ratio,
+    etht_param_group,
     grad_reverse,
+    set_etht_lr,
     grad_scale,
     merge_bins,
     merge_bins_overlap,
@@ -199,8 +201,8 @@ def test_xi_schedules_and_gradient_layers():
     assert official_xi_schedule(0) == 1.0 and official_xi_schedule(105) == pytest.approx(0.5)
     assert official_xi_schedule(210) == pytest.approx(0.0) and official_xi_schedule(349) == pytest.approx(0.0)
     x = torch.tensor([1.0, -2.0], requires_grad=True)
-    (grad_reverse(x, 0.7) * torch.tensor([3.0, 5.0])).sum().backward()
-    torch.testing.assert_close(x.grad, torch.tensor([-2.1, -3.5]))
+    (grad_reverse(x) * torch.tensor([3.0, 5.0])).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([-3.0, -5.0]))  # xi is applied by the optimizer group
     x.grad = None
     (grad_scale(x, 0.7) * torch.tensor([3.0, 5.0])).sum().backward()
     torch.testing.assert_close(x.grad, torch.tensor([2.1, 3.5]))
@@ -216,8 +218,9 @@ def test_learnable_weight_starts_at_base_and_stays_positive():
         assert float(weight(1.0)) == pytest.approx(0.6)
 
 
-def _etht_step(epoch: int, lr: float = 0.5):
-    """One SGD step of the ETHT temperature; returns (theta before, theta after, xi, dL/dtheta)."""
+def _etht_step(epoch: int, lr: float = 0.5, optimizer_kind: str = "sgd"):
+    """One optimizer step of the ETHT temperature, built as the engine builds it (an ETHT group
+    whose lr is lr * xi); returns (theta before, theta after, xi, dL/dtheta, loss before, after)."""
     cfg = make_cfg(feature="none", logit="cca", etht=True, learn=("tau",), xi_epochs=10, beta=2.0)
     gen = torch.Generator().manual_seed(7)
     student, teacher = random_pair(2, 3, (4, 4), (8, 8), (16, 16), (64, 64), gen, requires_grad=False)
@@ -230,7 +233,10 @@ def _etht_step(epoch: int, lr: float = 0.5):
     tau = cfg.tau_min + cfg.tau_range * torch.sigmoid(theta)
     plain = cfg.beta * cca_loss(student.x, student.y, teacher.x, teacher.y, tau, weight)["loss"]
     (grad,) = torch.autograd.grad(plain, theta)
-    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=lr)
+    anchor = torch.zeros(1, requires_grad=True)  # the student group (param_groups[0]) sets the base lr
+    groups = [{"params": [anchor]}, etht_param_group(distiller.etht_parameters())]
+    optimizer = torch.optim.SGD(groups, lr=lr) if optimizer_kind == "sgd" else torch.optim.Adam(groups, lr=lr)
+    set_etht_lr(optimizer, distiller.xi)
     step = distiller(student, teacher, weight, torch.zeros(()))
     optimizer.zero_grad()
     step.total.backward()
@@ -250,6 +256,17 @@ def test_etht_step_increases_the_distillation_loss_scaled_by_xi():
     torch.testing.assert_close(full - theta0, 0.5 * xi_full * grad)
     torch.testing.assert_close(full - theta0, 2 * (half - theta0))
     assert float(after_half) > float(before) and float(after_full) > float(after_half)
+
+
+def test_etht_applies_xi_exactly_once_under_sgd_and_adam():
+    """Eq. 11: the step is lr * xi * (reversed gradient) whatever the optimizer. (With xi in both the
+    reversal layer and the group's lr, SGD stepped lr * xi**2.)"""
+    lr = 0.01
+    theta0, half, xi_half, grad, _, _ = _etht_step(epoch=5, lr=lr, optimizer_kind="sgd")
+    torch.testing.assert_close(half - theta0, lr * xi_half * grad)  # not lr * xi**2 * grad
+    theta0, half, xi_half, grad, _, _ = _etht_step(epoch=5, lr=lr, optimizer_kind="adam")
+    # Adam's first step is lr * sign(g): lr * xi in the direction that increases the loss
+    torch.testing.assert_close(half - theta0, lr * xi_half * torch.sign(grad))
 
 
 def test_official_temperature_stays_at_released_value():
@@ -358,8 +375,8 @@ def test_same_class_split_ratio_and_checks():
         Distiller(make_cfg(logit="same_class"), (4, 4, 4), (4, 8, 8), (16, 16), (64, 64), total_epochs=1)
     with pytest.raises(ConfigError, match=r"distill\.merge.*60.*16"):
         Distiller(make_cfg(logit="cca"), (4, 4, 4), (4, 8, 8), (16, 16), (60, 64), total_epochs=1)
-    with pytest.raises(ConfigError, match=r"distill\.feature"):
-        Distiller(make_cfg(feature="heatmap"), (4, 4, 4), (4, 8, 8), (16, 16), (64, 64), total_epochs=1)
+    with pytest.raises(ConfigError, match=r"distill\.feature"):  # choices are checked once, at config load
+        load_config(None, ["distill.feature=heatmap"])
 
 
 # ----------------------------------------------------------------------------- every variant at paper shapes

@@ -16,7 +16,7 @@ from cdkd.checkpoint import load_checkpoint
 from cdkd.config import ConfigError, load_config
 from cdkd.data.synthetic import synthesize
 from cdkd.engine.evaluate import evaluate, score_predictions
-from cdkd.engine.train import build_training, check_resolutions, compute_losses, fit
+from cdkd.engine.train import build_training, compute_losses, fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def test_a_few_steps_lower_each_loss(synth, teacher_ckpt, tmp_path, mode, weight
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=8)))
     history = []
     for _ in range(12):
-        loss, terms = compute_losses(t, batch)
+        loss, terms, _ = compute_losses(t, batch)
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -95,10 +95,11 @@ def test_ground_truth_as_predictions_scores_100(synth):
 
 
 def test_resolution_must_divide_the_teachers():
-    cfg = load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]"])
+    """Checked once, when the config is loaded (before any run folder or data exists)."""
     with pytest.raises(ConfigError, match="model.input_size"):
-        check_resolutions(cfg)
-    check_resolutions(load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]", "distill.merge=overlap"]))
+        load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]"])
+    for merge in ("overlap", "centred"):
+        load_config("tiny_student", ["model.input_size=[64,64]", "teacher.input_size=[96,96]", f"distill.merge={merge}"])
 
 
 def _weights(path: Path) -> dict:
@@ -265,7 +266,7 @@ def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, 
                teacher=teacher_ckpt)
     t = build_training(cfg, tmp_path / "run")
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-    loss, terms = compute_losses(t, batch)
+    loss, terms, _ = compute_losses(t, batch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     t.scaler.scale(loss).backward()
     grads = [p.grad for p in t.bare_model.parameters() if p.grad is not None]
@@ -301,7 +302,7 @@ def test_cli_bad_input_gives_a_clear_error_not_a_traceback(synth, teacher_ckpt, 
 
 def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teacher_ckpt, tmp_path):
     """Adam ignores a gradient's scale, so the engine scales the ETHT group's lr by xi (Eq. 11-12)."""
-    from cdkd.engine.train import set_etht_lr
+    from cdkd.distill.etht import set_etht_lr
 
     moves = {}
     for xi_max in (0.2, 1.0):
@@ -315,7 +316,7 @@ def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teach
         theta = t.distiller.temperature.theta
         start = float(theta)
         batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-        loss, _ = compute_losses(t, batch)  # Adam's first step is lr * sign(grad): exactly lr * xi here
+        loss, _, _ = compute_losses(t, batch)  # Adam's first step is lr * sign(grad): exactly lr * xi here
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -332,5 +333,5 @@ def test_same_class_ablation_gets_the_teachers_class_count(synth, teacher_ckpt, 
     assert cfg.model.split_ratio == cfg.teacher.split_ratio * cfg.teacher.input_size[0] / 32
     t = build_training(cfg, tmp_path / "same")
     assert t.distiller.student_classes == t.distiller.teacher_classes
-    loss, terms = compute_losses(t, next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4))))
+    loss, terms, _ = compute_losses(t, next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4))))
     assert torch.isfinite(loss) and float(terms["logit"]) > 0

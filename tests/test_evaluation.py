@@ -316,13 +316,18 @@ def test_mpii_bad_inputs_name_the_problem(tmp_path):
         pckh(joints, (joints, visible, head_boxes))
 
 
-def test_mean_at_01_uses_the_official_threshold_index():
-    """HRNet's 'Mean@0.1' is pckAll[11] of arange(0, 0.51, 0.01): a threshold of 0.11."""
-    from cdkd.evaluation.mpii import pckh
+def test_mean_at_01_uses_the_released_threshold_and_keeps_hrnets_as_an_option():
+    """SimCC/CDKD (Table I) read 'Mean@0.1' at index 10 of arange(0, 0.51, 0.01), a threshold of 0.10
+    (the default); HRNet's release reads index 11, 0.11 (``eval.mean_at_01=hrnet``)."""
+    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS, pckh
 
     joints = np.tile(np.arange(16, dtype=float)[:, None] * 5.0, (1, 2))[None]  # [1, 16, 2]
     visible = np.ones((1, 16), bool)
     head_boxes = np.array([[[0.0, 0.0], [10.0, 0.0]]])  # head size 0.6 * 10 = 6 px
-    for frac, expected in ((0.105, 100.0), (0.115, 0.0)):
+    for frac, expected in ((0.095, 100.0), (0.105, 0.0)):
         preds = joints + np.array([frac * 6.0, 0.0])
         assert pckh(preds, (joints, visible, head_boxes))["Mean@0.1"] == pytest.approx(expected)
+    for frac, expected in ((0.105, 100.0), (0.115, 0.0)):
+        preds = joints + np.array([frac * 6.0, 0.0])
+        low = MEAN_AT_01_THRESHOLDS["hrnet"]
+        assert pckh(preds, (joints, visible, head_boxes), low_threshold=low)["Mean@0.1"] == pytest.approx(expected)

@@ -13,17 +13,23 @@ from cdkd.distill.baselines import (
 from cdkd.distill.cca import (
     cca_loss,
     class_ratio,
+    centred_matrix,
     merge_bins,
     merge_bins_overlap,
+    merge_probs,
     overlap_matrix,
 )
-from cdkd.distill.distiller import Distiller, DistillStep
+from cdkd.distill.distiller import Distiller, DistillStep, total_loss
+from cdkd.distill.fidelity import FIDELITIES, OFFICIAL, PAPER, Fidelity
 from cdkd.distill.etht import (
     LearnableTemperature,
     LearnableWeight,
+    etht_param_group,
+    etht_strength,
     grad_reverse,
     grad_scale,
     official_xi_schedule,
+    set_etht_lr,
     xi_schedule,
 )
 from cdkd.distill.sape import (
@@ -36,6 +42,16 @@ from cdkd.distill.sape import (
 )
 
 __all__ = [
+    "FIDELITIES",
+    "OFFICIAL",
+    "PAPER",
+    "Fidelity",
+    "centred_matrix",
+    "merge_probs",
+    "total_loss",
+    "etht_param_group",
+    "etht_strength",
+    "set_etht_lr",
     "SAPE",
     "SAU",
     "ConvDownsample",

@@ -7,14 +7,22 @@ temperature-scaled KL divergence (Eq. 7).
 
 A SimCC head at input width W with split ratio k has C = W*k classes on the x axis (H*k on y).
 For a 256-pixel teacher and a 64-pixel student with the same k, m = C_t / C_s = 4 teacher classes
-fall into each student class. ``merge_bins`` is the paper's Eq. 6 (C_t must be m*C_s);
-``merge_bins_overlap`` goes beyond the paper and merges at any ratio by giving each teacher bin's
-mass to the student bins it overlaps, in proportion to the overlap.
+fall into each student class. :func:`merge_probs` offers three merges (``distill.merge``):
 
-Both merges treat class i of C classes as the interval [i/C, (i+1)/C) of the normalised axis, which
-is what Eq. 6 does. Note that SimCC class c is centred on pixel c/k (targets are round(x*k)), so the
+* ``'integer'`` (:func:`merge_bins`, the paper's Eq. 6, default): student class j receives teacher
+  classes j*m .. j*m+m-1 (C_t must be m*C_s).
+* ``'overlap'`` (:func:`merge_bins_overlap`, beyond the paper): any ratio; each teacher bin's mass
+  goes to the student bins it overlaps, in proportion to the overlap.
+* ``'centred'`` (:func:`centred_matrix`, beyond the paper): each teacher class gives its mass to
+  the student class whose centre is nearest to its own (split in half on an exact tie).
+
+The first two treat class i of C classes as the interval [i/C, (i+1)/C) of the normalised axis, which
+is what Eq. 6 does. But SimCC class c is *centred* on pixel c/k (targets are round(x*k)), so the
 merged teacher bin j (teacher classes j*m .. j*m+m-1) is centred (m-1)/(2m) of a student class to the
-right of student class j: 0.375 class (0.125 px at k=3) for m=4. We keep the paper's merge as is.
+right of student class j: 0.375 class (0.125 px at k=3) for m=4. The integer merge therefore teaches
+the student a target that is shifted right; the centred merge removes that bias (a teacher
+one-hot at class t lands within half a student class of t*C_s/C_t, its own position in student
+classes, with no offset on average; the integer merge is off by (m-1)/(2m) of a class on average).
 
 Two reductions are offered (``reduction``):
 
@@ -33,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MERGES = ("integer", "overlap")
+MERGES = ("integer", "overlap", "centred")
 REDUCTIONS = ("paper", "official")
 
 
@@ -120,12 +128,56 @@ def merge_bins_overlap(probs: Tensor, num_out: int) -> Tensor:
     return probs @ matrix  # [..., C_s]
 
 
-def _merge(probs: Tensor, num_out: int, merge: str, axis: str) -> Tensor:
+def centred_matrix(num_in: int, num_out: int, device=None, dtype=torch.float32) -> Tensor:
+    """Nearest-centre assignment of C_t teacher classes to C_s student classes (beyond the paper).
+
+    Teacher class i sits at i/k_t pixels and student class j at j/k_s pixels, so in student-class
+    units teacher class i is at p_i = i * C_s / C_t. Its whole mass goes to the nearest student class
+    round(p_i); when p_i is exactly halfway between two classes (even m) the mass is split in half.
+    Mass beyond the last student class is kept in it (the axis is clamped, mass is conserved).
+    Computed in integers, so the assignment is exact for any C_t, C_s.
+
+    Args:
+        num_in: C_t, number of teacher classes on one axis.
+        num_out: C_s, number of student classes on the same axis.
+
+    Returns:
+        [C_t, C_s] matrix whose rows sum to one.
+    """
+    if num_in <= 0 or num_out <= 0:
+        raise ValueError(f"centred_matrix needs positive class counts, got {num_in} -> {num_out}")
+    i = torch.arange(num_in, device=device)
+    twice = 2 * i * num_out + num_in  # 2*C_t*(p_i + 1/2), in integer units
+    nearest = torch.div(twice, 2 * num_in, rounding_mode="floor")  # round half up
+    tie = (twice % (2 * num_in)) == 0  # p_i is exactly j - 1/2: split between j - 1 and j
+    matrix = torch.zeros(num_in, num_out, device=device, dtype=dtype)
+    upper = nearest.clamp(max=num_out - 1)
+    lower = torch.where(tie, nearest - 1, nearest).clamp(min=0, max=num_out - 1)
+    half = torch.full((num_in,), 0.5, device=device, dtype=dtype)
+    matrix.index_put_((i, upper), half, accumulate=True)
+    matrix.index_put_((i, lower), half, accumulate=True)
+    return matrix  # [C_t, C_s]
+
+
+def merge_probs(probs: Tensor, num_out: int, merge: str = "integer") -> Tensor:
+    """Merge teacher probabilities into the student's classes (Eq. 6 and its bias-free variants).
+
+    Args:
+        probs: teacher probabilities [..., C_t] (after the softmax).
+        num_out: C_s, the number of student classes on this axis.
+        merge: 'integer' (Eq. 6, C_t = m*C_s), 'overlap' (any ratio, by overlap) or 'centred'
+            (any ratio, nearest class centre; see the module docstring).
+
+    Returns:
+        [..., C_s] probabilities; each row keeps its input's total mass.
+    """
     if merge == "integer":
-        return merge_bins(probs, class_ratio(probs.shape[-1], num_out, axis))
+        return merge_bins(probs, class_ratio(probs.shape[-1], num_out))
     if merge == "overlap":
         return merge_bins_overlap(probs, num_out)
-    raise ValueError(f"config key 'distill.merge' is {merge!r}; choose one of {MERGES}")
+    if merge == "centred":
+        return probs @ centred_matrix(probs.shape[-1], num_out, device=probs.device, dtype=probs.dtype)
+    raise ValueError(f"merge is {merge!r}; choose one of {MERGES}")
 
 
 def _kl_per_joint(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor, merge: str, axis: str,
@@ -133,7 +185,7 @@ def _kl_per_joint(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor, m
     """KL(merged teacher || student) summed over classes, one value per (sample, joint): [B, J]."""
     num_out = student_logits.shape[-1]
     teacher_probs = F.softmax(teacher_logits / tau, dim=-1)  # [B, J, C_t]
-    target = _merge(teacher_probs, num_out, merge, axis)  # [B, J, C_s]
+    target = merge_probs(teacher_probs, num_out, merge)  # [B, J, C_s]
     if detach_teacher:
         target = target.detach()
     log_student = F.log_softmax(student_logits / tau, dim=-1)  # [B, J, C_s]
@@ -161,7 +213,7 @@ def cca_loss(
         teacher_y: teacher y logits [B, J, H_t*k].
         tau: temperature, a float or a 0-d tensor (gradients flow to it).
         target_weight: [B, J] or [B, J, 1] joint weights ('paper' reduction only); None weighs all 1.
-        merge: 'integer' (Eq. 6, C_t = m*C_s per axis) or 'overlap' (any ratio).
+        merge: 'integer' (Eq. 6, C_t = m*C_s per axis), 'overlap' or 'centred' (any ratio).
         reduction: 'paper' or 'official' (see the module docstring).
 
     Returns:

@@ -68,9 +68,11 @@ def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict
         metrics["main"] = metrics["AP"]
         return metrics
     from cdkd.evaluation import pckh
+    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS
 
     order = np.argsort(pred["index"])
-    metrics = pckh(pred["coords"][order], mpii_ground_truth(dataset), threshold=cfg.eval.pck_threshold)
+    metrics = pckh(pred["coords"][order], mpii_ground_truth(dataset), threshold=cfg.eval.pck_threshold,
+                   low_threshold=MEAN_AT_01_THRESHOLDS[cfg.eval.mean_at_01])
     metrics["main"] = metrics["Mean"]
     return metrics
 
@@ -106,9 +108,12 @@ def mpii_ground_truth(dataset):
 
 def protocol(cfg: Config, dataset, flip: bool) -> dict:
     boxes = "ground truth" if dataset.dataset_name == "mpii" or cfg.data.use_gt_bbox else f"detections ({cfg.data.det_file})"
+    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS
+
     return {"dataset": dataset.dataset_name, "split": cfg.data.val_set, "persons": len(dataset), "boxes": boxes,
             "flip_test": flip, "flip_shift": cfg.eval.flip_shift if flip else None,
-            "metric": "AP (pycocotools)" if dataset.dataset_name == "coco" else f"PCKh@{cfg.eval.pck_threshold}"}
+            "metric": "AP (pycocotools)" if dataset.dataset_name == "coco" else f"PCKh@{cfg.eval.pck_threshold}",
+            **({"mean_at_01_threshold": MEAN_AT_01_THRESHOLDS[cfg.eval.mean_at_01]} if dataset.dataset_name == "mpii" else {})}
 
 
 def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: bool | None = None,
@@ -135,6 +140,11 @@ def write_metrics(path: str | Path, metrics: dict, cfg: Config, model: nn.Module
                   "num_joints": model.num_joints, **size},
         "mode": cfg.train.mode,
         "fidelity": cfg.distill.fidelity if cfg.train.mode == "distill" else None,
+        "variant": cfg.train.variant or cfg.train.mode,
+        "seed": cfg.train.seed,
+        "res": int(model.input_size[0]),
+        "teacher": (("random " + cfg.teacher.arch) if cfg.teacher.random else cfg.teacher.checkpoint)
+        if cfg.train.mode == "distill" else None,
         **(extra or {}),
         "config": config_to_dict(cfg),
     }

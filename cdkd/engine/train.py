@@ -33,6 +33,8 @@ from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, config_from_dict, config_to_dict
 from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
+from cdkd.distill.distiller import total_loss
+from cdkd.distill.etht import etht_param_group, set_etht_lr
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import evaluate, write_metrics
 from cdkd.engine.recorder import Recorder
@@ -81,23 +83,20 @@ def autocast(cfg: Config, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def check_resolutions(cfg: Config) -> None:
-    """CCA merges m = teacher/student bins per axis: the sizes must divide unless merge='overlap'."""
-    if cfg.train.mode != "distill" or cfg.distill.merge == "overlap":
-        return
-    for axis, t, s in zip("HW", cfg.teacher.input_size, cfg.model.input_size):
-        if t % s:
-            raise ConfigError(
-                f"config key 'model.input_size' ({s} along {axis}) does not divide "
-                f"'teacher.input_size' ({t}); choose a divisor or set distill.merge=overlap"
-            )
+def load_teacher(cfg: Config, num_joints: int, device: torch.device, random: bool = False) -> nn.Module:
+    """The frozen teacher: a cdkd checkpoint, or an official state dict described by cfg.teacher.
 
-
-def load_teacher(cfg: Config, num_joints: int, device: torch.device) -> nn.Module:
-    """The frozen teacher: a cdkd checkpoint, or an official state dict described by cfg.teacher."""
+    ``random=True`` builds an untrained teacher of ``cfg.teacher``'s architecture instead (seeded by
+    the run): the control that shows what distillation does without a teacher's knowledge, and the
+    stand-in of ``python -m cdkd diagnose`` when no checkpoint exists.
+    """
+    t = cfg.teacher
+    if random:
+        teacher = build_pose_model(t.arch, num_joints, tuple(t.input_size), t.split_ratio)
+        teacher.eval().requires_grad_(False).to(device)
+        return teacher.to(memory_format=torch.channels_last) if cfg.train.channels_last else teacher
     if not cfg.teacher.checkpoint:
         raise ConfigError("config key 'teacher.checkpoint' is empty; distill mode needs a trained teacher")
-    t = cfg.teacher
     teacher = load_model(
         t.checkpoint, arch=t.arch, num_joints=num_joints, input_size=tuple(t.input_size), split_ratio=t.split_ratio
     )
@@ -114,12 +113,15 @@ def load_teacher(cfg: Config, num_joints: int, device: torch.device) -> nn.Modul
 
 
 def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.optim.Optimizer:
-    """The run's optimizer; ETHT parameters get their own group (``etht``: no weight decay, lr set
-    by :func:`set_etht_lr` each epoch)."""
+    """The run's optimizer; ETHT parameters get their own group (:func:`cdkd.distill.etht.etht_param_group`).
+
+    ``train.weight_decay`` applies to the student's group (the released presets set 0: the
+    released code builds Adam without weight decay whatever ``TRAIN.WD`` says).
+    """
     kind, lr, wd = cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay
     groups = [{"params": list(params)}]
     if etht_params:
-        groups.append({"params": list(etht_params), "weight_decay": 0.0, "etht": True})
+        groups.append(etht_param_group(etht_params))
     if kind == "adam":
         return torch.optim.Adam(groups, lr=lr, weight_decay=wd)
     if kind == "adamw":
@@ -127,16 +129,12 @@ def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
 
 
-def set_etht_lr(optimizer: torch.optim.Optimizer, xi: float) -> None:
-    """ETHT strength for the epoch (Eq. 11-12): the ETHT group's lr = the student's lr x xi."""
-    for group in optimizer.param_groups[1:]:
-        if group.get("etht"):
-            group["lr"] = optimizer.param_groups[0]["lr"] * xi
-
-
 def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
-    """Models, data, distiller, optimizer and schedule of a run (no training yet)."""
-    check_resolutions(cfg)
+    """Models, data, distiller, optimizer and schedule of a run (no training yet).
+
+    With ``distill.calibrate_share`` > 0, alpha and beta are set here, from the first training
+    batches (:func:`calibrate_weights`), and written into the run's ``config.yaml``.
+    """
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     run_dir = setup_run(cfg, run_dir, write=dist.is_main)
@@ -153,7 +151,7 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     teacher = distiller = None
     etht_params: list = []
     if cfg.train.mode == "distill":
-        teacher = load_teacher(cfg, train_set.num_joints, device)
+        teacher = load_teacher(cfg, train_set.num_joints, device, random=cfg.teacher.random)
         distiller = make_distiller(cfg, model, teacher).to(device)
         etht_params = distiller.etht_parameters()
         params += [p for p in distiller.trainable_parameters() if all(p is not q for q in etht_params)]
@@ -167,8 +165,34 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.train.compile:
         model = torch.compile(model)
-    return Training(cfg, Path(run_dir), device, dist, model, optimizer, scheduler, scaler, train_set, val_set,
-                    teacher, distiller)
+    t = Training(cfg, Path(run_dir), device, dist, model, optimizer, scheduler, scaler, train_set, val_set,
+                 teacher, distiller)
+    if distiller is not None and cfg.distill.calibrate_share > 0:
+        calibrate_weights(t)
+    return t
+
+
+def calibrate_weights(t: Training) -> None:
+    """Set alpha and beta so that each distillation term has ``distill.calibrate_share`` of the update
+    (:func:`cdkd.diagnose.calibrate`), from the first training batches; the model and distiller
+    states (BatchNorm statistics) are restored afterwards, and the chosen values are written into
+    the run's resolved ``config.yaml``. Deterministic, so a resumed run recomputes the same values."""
+    from cdkd.config import save_config
+    from cdkd.diagnose import calibrate
+
+    d = t.cfg.distill
+    saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in (t.bare_model, t.distiller)]
+    alpha, beta = calibrate(t, d.calibrate_share, d.calibrate_batches)
+    if t.dist.enabled:  # every rank saw other batches: use their mean
+        mean = all_reduce_mean({"alpha": alpha, "beta": beta}, t.dist)
+        alpha, beta = float(mean["alpha"]), float(mean["beta"])
+    for module, state in zip((t.bare_model, t.distiller), saved):
+        module.load_state_dict(state)
+    d.alpha, d.beta = alpha, beta
+    if t.dist.is_main:
+        save_config(t.cfg, t.run_dir / "config.yaml")
+    tqdm.write(f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
+               f"alpha = {alpha:.4g}, beta = {beta:.4g}")
 
 
 def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Distiller:
@@ -203,8 +227,9 @@ def make_loader(t: Training, epoch: int) -> DataLoader:
     )
 
 
-def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Forward the student (and teacher); return the total loss (Eq. 8) and its terms."""
+def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward the student (and teacher); return L_total (Eq. 8), the logged terms and the weighted
+    parts of Eq. 8 (with their graphs, for :mod:`cdkd.diagnose`)."""
     cfg, device = t.cfg, t.device
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
@@ -213,16 +238,20 @@ def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, to
     weight = batch["target_weight"].to(device, non_blocking=True)
     with autocast(cfg, device):
         out = t.model(image)
-    task = cfg.loss.weight * simcc_loss(
-        out.x.float(), out.y.float(), tx, ty, weight, kind=cfg.loss.kind, label_smoothing=cfg.loss.label_smoothing
-    )
+    task = simcc_loss(out.x.float(), out.y.float(), tx, ty, weight, kind=cfg.loss.kind,
+                      label_smoothing=cfg.loss.label_smoothing)  # L_ori
     if t.distiller is None:
-        return task, {"task": task.detach()}
+        parts = total_loss(task, cfg.loss.weight)  # Eq. 8 with alpha = beta = 0
+        total = parts.pop("total")
+        zero = torch.zeros((), device=device)
+        terms = {"task": parts["task"].detach(), "feature": zero, "feature_weighted": zero, "logit": zero,
+                 "logit_weighted": zero}
+        return total, terms, parts
     teacher_image = batch["teacher_image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     with torch.no_grad(), autocast(cfg, device):
         teacher_out = t.teacher(teacher_image)
-    step = t.distiller(out, teacher_out, weight, task)
-    return step.total, step.terms
+    step = t.distiller(out, teacher_out, weight, task, cfg.loss.weight)
+    return step.total, step.terms, step.parts
 
 
 def sync_distiller_grads(t: Training) -> None:
@@ -246,6 +275,7 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
     loader = make_loader(t, epoch)
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}  # the shares are measured on logged steps only
     done = 0
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not t.dist.is_main,
                dynamic_ncols=True, leave=False)
@@ -253,7 +283,9 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        loss, terms = compute_losses(t, batch)
+        loss, terms, parts = compute_losses(t, batch)
+        log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
+        shares = measure_shares(t, parts) if log_now and cfg.train.log_shares else None
         # one device->host copy per step for every logged term (not one sync per term)
         names = [*terms, "loss"]
         values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
@@ -261,12 +293,15 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(loss).backward()
+        if shares is not None:
+            values.update(finish_shares(t, shares))
         sync_distiller_grads(t)
         t.scaler.step(t.optimizer)
         t.scaler.update()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
-        if i % max(1, cfg.train.log_every) == 0 or i == steps - 1:
+            counts[k] = counts.get(k, 0) + 1
+        if log_now:
             values["lr"] = t.optimizer.param_groups[0]["lr"]
             recorder.step(epoch * steps + i, epoch, values)
         bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
@@ -274,9 +309,37 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
         done += 1
     bar.close()
     n = max(1, done)
-    means = {k: v / n for k, v in sums.items()}
+    means = {k: v / counts[k] for k, v in sums.items()}
     means["samples_per_s"] = n * loader.batch_size * t.dist.world_size / max(time.perf_counter() - start, 1e-9)
     return all_reduce_mean(means, t.dist)
+
+
+def measure_shares(t: Training, parts: dict[str, torch.Tensor]) -> dict | None:
+    """Before the step's backward: the gradients of the feature and logit parts of Eq. 8 on the
+    student (two extra backward passes, only on logged steps). None where it does not apply
+    (DDP, or a baseline whose distillation parts are zeros)."""
+    from cdkd.diagnose import part_gradients, student_parameters
+
+    if t.dist.enabled or t.distiller is None:
+        return None
+    params = student_parameters(t)
+    return {"params": params, "grads": part_gradients(parts, params, skip=("task",))}
+
+
+def finish_shares(t: Training, pending: dict) -> dict[str, float]:
+    """After the backward: the task part's gradient is the total minus the other two (Eq. 8 is a
+    sum); the shares use Adam's own second moment (see :mod:`cdkd.diagnose`)."""
+    from cdkd.diagnose import adam_second_moment, shares_from
+
+    params, grads = pending["params"], pending["grads"]
+    scale = t.scaler.get_scale() if t.scaler.is_enabled() else 1.0
+    total = [(p.grad.detach() / scale) if p.grad is not None else torch.zeros_like(p) for p in params]
+    grads["task"] = [g - f - lo for g, f, lo in zip(total, grads["feature"], grads["logit"])]
+    second = adam_second_moment(t.optimizer, params)
+    if second is None and isinstance(t.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+        second = [g * g for g in total]  # first step: Adam's v is the squared gradient
+    result = shares_from(grads, second)
+    return {f"share_{k}": v for k, v in result["shares"].items()}
 
 
 def save_state(t: Training, epoch: int, path: Path) -> None:
@@ -410,7 +473,8 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                            + (f", val {summary:.3f}" if summary is not None else ""))
         if t.dist.is_main and t.history and end == cfg.train.epochs:
             final = dict(t.history[-1].get("val", {}))
-            write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model, extra={"best": t.best})
+            write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model,
+                          extra={"best": t.best, "last_epoch_train": t.history[-1].get("train", {})})
     finally:
         recorder.close()
         barrier(t.dist)
