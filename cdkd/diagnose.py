@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import math
+import shutil
 import sys
 import warnings
 
@@ -263,7 +264,10 @@ def cli(argv: list[str], command: str = "diagnose") -> int:
             raise ConfigError(f"--batches must be positive, got {args.batches}")
         cfg = load_config(args.config, args.overrides)
         t = build_for_diagnosis(cfg)
-        result = measure(t, args.batches)
+        try:
+            result = measure(t, args.batches)
+        finally:
+            shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
     except ConfigError as err:
         print(f"cdkd diagnose: config error: {err}", file=sys.stderr)
         return 2
@@ -294,7 +298,9 @@ def build_for_diagnosis(cfg):
 
     source = "none (baseline)"
     if cfg.train.mode == "distill":
-        if cfg.teacher.random or (cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists()):
+        if cfg.teacher.random:
+            source = "random (teacher.random)"
+        elif cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists():
             source = cfg.teacher.checkpoint
         else:
             warnings.warn(f"teacher checkpoint '{cfg.teacher.checkpoint}' not found: using a RANDOMLY INITIALISED "
@@ -304,8 +310,6 @@ def build_for_diagnosis(cfg):
                   f"teacher", file=sys.stderr)
             cfg.teacher.random = True
             source = "random (no checkpoint)"
-        if cfg.teacher.random:
-            source = "random (teacher.random)"
     tmp = tempfile.mkdtemp(prefix="cdkd-diagnose-")
     t = build_training(cfg, Path(tmp) / "run")
     t.teacher_source = source

@@ -332,3 +332,36 @@ def ablation_table(out_dir: str | Path, res: int, seed: int, dataset: str = "mpi
         ref = MPII_64_ABLATIONS.get(ABLATION_REFERENCE.get(variant, ""), None)
         lines.append(f"| {variant} | {float(r['metrics'][column]):.2f} | {f'{ref:.3f}' if ref is not None else '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def share_sweep(out_dir: str | Path, res: int, seed: int, dataset: str = "mpii") -> list[dict]:
+    """The distillation-weight sweep of notebook 06: for each run at ``res``/``seed`` that is the
+    baseline or a ``share-S`` arm, the requested share per term, the measured total distillation
+    share (last epoch) and the main metric; sorted by the requested share."""
+    column = "Mean" if dataset == "mpii" else "AP"
+    points = []
+    for r in load_runs(Path(out_dir) / "runs"):
+        variant = r.get("variant") or ""
+        if r["resolution"] != res or r["seed"] != seed:
+            continue
+        if variant == "baseline":
+            target = 0.0
+        elif variant.startswith("share-"):
+            target = float(r["config"]["distill"]["calibrate_share"])
+        else:
+            continue
+        state = run_state(r)
+        points.append({"target": target, "measured": 0.0 if variant == "baseline" else state["share"],
+                       "metric": float(r["metrics"][column]), "alpha": state["alpha"], "beta": state["beta"],
+                       "run_dir": r["run_dir"]})
+    return sorted(points, key=lambda p: p["target"])
+
+
+def share_sweep_table(points: list[dict], dataset: str = "mpii") -> str:
+    """Markdown table of :func:`share_sweep`'s points."""
+    column = "Mean" if dataset == "mpii" else "AP"
+    lines = [f"| share per term (requested) | distillation share (measured, last epoch) | alpha | beta | {column} |",
+             "|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['target']:g} | {p['measured']:.1%} | {p['alpha']:.3g} | {p['beta']:.3g} | {p['metric']:.2f} |")
+    return "\n".join(lines) + "\n"

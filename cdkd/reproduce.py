@@ -1,9 +1,11 @@
 """``python -m cdkd reproduce``: the whole reproduction, by executing the numbered notebooks.
 
-Data (01), the teacher (02), the baseline and CDKD students at each resolution and seed in both
-fidelities (03), the tables (04) and the figures (05) — executed headlessly with papermill; the
-executed copies land in the output folder beside ``summary.md`` and ``figures/``. Finished runs are
-reused, so an interrupted reproduction continues where it stopped.
+Data (01), the teacher (02), four arms paired by seed at each resolution (03): the SimCC baseline,
+CDKD in the paper's form, CDKD as released (``fidelity: official``) and the control (the paper's
+form under an untrained teacher), then the tables with paired confidence intervals (04) and the
+figures (05), executed headlessly with papermill; the executed copies land in the output folder
+beside ``summary.md`` and ``figures/``. Finished runs are reused, so an interrupted reproduction
+continues where it stopped, and ``--seeds`` adds seeds to an existing study.
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--res", type=int, nargs="+", default=[32, 64])
-    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                   help="student seeds; every arm trains each seed (paired) (default: 0 1 2 3 4)")
+    p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
+    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
+                   help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
     p.add_argument("--epochs", type=int, default=0, help="0: the presets' epochs")
     p.add_argument("--n-train", type=int, default=4000)
     p.add_argument("--n-val", type=int, default=1000)
