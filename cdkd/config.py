@@ -307,6 +307,36 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'distill.learn' has {t!r}; allowed: tau, alpha, beta")
     if cfg.train.epochs <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be positive")
+    _validate_values(cfg)
+
+
+def _validate_values(cfg: Config) -> None:
+    """Numbers that would fail only later (workers, batch sizes, learning rate) and unknown archs."""
+    import math
+
+    from cdkd.models import ARCHS
+
+    for key in ("model.arch", "teacher.arch"):
+        section, name = key.split(".")
+        arch = getattr(getattr(cfg, section), name)
+        if arch not in ARCHS:
+            raise ConfigError(f"config key '{key}' is {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
+    checks = {
+        "data.workers": (cfg.data.workers, lambda v: v >= 0, "must be 0 or more"),
+        "eval.batch_size": (cfg.eval.batch_size, lambda v: v > 0, "must be positive"),
+        "train.lr": (cfg.train.lr, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
+        "train.weight_decay": (cfg.train.weight_decay, lambda v: math.isfinite(v) and v >= 0,
+                               "must be a finite number >= 0"),
+        "train.lr_factor": (cfg.train.lr_factor, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
+        "train.val_every": (cfg.train.val_every, lambda v: v > 0, "must be positive"),
+        "data.max_samples": (cfg.data.max_samples, lambda v: v >= 0, "must be 0 (all) or more"),
+    }
+    for key, (value, ok, rule) in checks.items():
+        if not ok(value):
+            raise ConfigError(f"config key '{key}' is {value!r}; it {rule}")
+    device = cfg.train.device
+    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"config key 'train.device' is {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
