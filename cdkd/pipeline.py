@@ -69,24 +69,26 @@ def finished_config(run_dir: str | Path) -> dict | None:
     return record.get("config") if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
 
 
-def reuse_or_train(cfg: Config, run_dir: Path, force: bool) -> Path:
+def reuse_or_train(cfg: Config, run_dir: Path, force: bool, unrequested: tuple[str, ...] = ()) -> Path:
     """Reuse a finished run whose recorded config equals ``cfg`` (keys in
-    :data:`cdkd.engine.run.NON_RESULT_KEYS`, such as the device and loader workers, aside); train
-    it otherwise (continuing its ``last.pth`` when the config matches).
+    :data:`cdkd.engine.run.NON_RESULT_KEYS`, such as the device and loader workers, aside, and the
+    ``unrequested`` keys the caller left to the finished run, e.g. ``train.epochs`` when a notebook
+    asks for "the teacher" without giving epochs); train it otherwise (continuing its
+    ``last.pth`` when the config matches).
 
     Raises:
         ConfigError: a finished run with another config is in ``run_dir`` (naming the keys);
             ``force=True`` retrains it (the old files are replaced once the new run has finished).
     """
     from cdkd.config import ConfigError
-    from cdkd.engine.run import config_changes, describe_changes
+    from cdkd.engine.run import NON_RESULT_KEYS, config_changes, describe_changes
     from cdkd.engine.train import fit
 
     if force:
         fit(cfg, run_dir=run_dir, overwrite=True)
         return run_dir
     if is_complete(run_dir):
-        changes = config_changes(finished_config(run_dir), cfg)
+        changes = config_changes(finished_config(run_dir), cfg, ignore=NON_RESULT_KEYS | set(unrequested))
         if not changes:
             return run_dir
         raise ConfigError(f"{run_dir} holds a finished run with another config ({describe_changes(changes)}); "
@@ -117,7 +119,8 @@ def teacher_config(preset: str, data_root: str | None = None, epochs: int | None
 def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwargs) -> Path:
     """Train (or reuse) the high-resolution teacher under ``out_dir/runs/teacher``."""
     run_dir = Path(out_dir) / "runs" / "teacher"
-    return reuse_or_train(teacher_config(preset, **kwargs), run_dir, force)
+    unrequested = ("train.epochs",) if not kwargs.get("epochs") else ()
+    return reuse_or_train(teacher_config(preset, **kwargs), run_dir, force, unrequested)
 
 
 def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: str | Path,
@@ -150,7 +153,9 @@ def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str |
     """Train (or reuse) one student under ``out_dir/runs/r{res}_s{seed}_{variant}``."""
     teacher_dir = kwargs.pop("teacher_dir", Path(out_dir) / "runs" / "teacher")
     run_dir = Path(out_dir) / "runs" / f"r{res}_s{seed}_{variant}"
-    return reuse_or_train(student_config(preset, variant, res, seed, teacher_dir, **kwargs), run_dir, force)
+    unrequested = ("train.epochs",) if not kwargs.get("epochs") else ()
+    return reuse_or_train(student_config(preset, variant, res, seed, teacher_dir, **kwargs), run_dir, force,
+                          unrequested)
 
 
 def switch_overrides(sape: bool = True, cca: bool = True, etht: bool = True) -> tuple[str, ...]:
