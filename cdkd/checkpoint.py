@@ -178,9 +178,9 @@ def _load_reason(err: Exception) -> str:
     """torch's reason in one line, without its advice to load with ``weights_only=False`` (which
     would run any code a malicious file holds)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    unpickler = next((ln for ln in lines if "WeightsUnpickler error" in ln), None)
+    unpickler = next((ln for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), None)
     if unpickler:
-        reason = unpickler.split("WeightsUnpickler error:", 1)[-1].strip()
+        reason = unpickler.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].rstrip(".")
         return (f"it holds objects other than tensors and plain values ({reason}); it is not a cdkd checkpoint or "
                 "state dict and is not loaded, since unpickling it could run code")
     first = next((ln for ln in lines if "weights_only" not in ln), type(err).__name__)

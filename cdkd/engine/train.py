@@ -502,8 +502,13 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
         train_dir = staging_dir(target)
         if int(os.environ.get("RANK", "0")) == 0:
             shutil.rmtree(train_dir, ignore_errors=True)
-    t = build_training(cfg, train_dir)
-    check_eval_data(t.val_set, cfg)
+    try:
+        t = build_training(cfg, train_dir)
+        check_eval_data(t.val_set, cfg)
+    except BaseException:
+        if train_dir != target:  # the failed replacement leaves nothing behind; the old run is untouched
+            shutil.rmtree(train_dir, ignore_errors=True)
+        raise
     if resume:
         resume_state(t, resume, state, changes)
         if t.dist.is_main:
