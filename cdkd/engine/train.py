@@ -469,6 +469,32 @@ def _write_skipped(t: Training) -> None:
     atomic_write_text(t.run_dir / "skipped.json", json.dumps(record, indent=2))
 
 
+def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_change: bool):
+    """Decide, before anything is written, where :func:`fit` trains and from what.
+
+    Returns:
+        (the checkpoint to resume or None, its state, the accepted config changes, the folder to
+        train in: ``target``, or its staging sibling when ``overwrite`` replaces a run).
+    """
+    check_device(cfg)
+    if resume == "auto":
+        resume = target / "last.pth" if (target / "last.pth").exists() else None
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
+    if resume:
+        return (resume, *check_resume(cfg, resume, accept_config_change), target)
+    if not run_files(target):
+        return None, None, {}, target
+    if not overwrite:
+        raise RunFolderError(
+            f"run folder {target} already holds a run ({', '.join(run_files(target))}); pass --overwrite "
+            "to replace it once the new run has finished, --resume to continue it, or choose another --out")
+    staging = staging_dir(target)
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier --overwrite
+    return None, None, {}, staging
+
+
 def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
         stop_after: int | None = None, overwrite: bool = False, accept_config_change: bool = False) -> Path:
     """Train a run to the end (or continue it with ``resume``); returns the run folder.
@@ -486,22 +512,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
     ``steps.csv``, ``skipped.json``, TensorBoard events and the final ``metrics.json``.
     """
     target = Path(run_dir) if run_dir else Path(cfg.train.out_dir) / run_name(cfg)
-    check_device(cfg)
-    if resume == "auto":
-        resume = target / "last.pth" if (target / "last.pth").exists() else None
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
-    state, changes, train_dir = None, {}, target
-    if resume:
-        state, changes = check_resume(cfg, resume, accept_config_change)
-    elif run_files(target):
-        if not overwrite:
-            raise RunFolderError(
-                f"run folder {target} already holds a run ({', '.join(run_files(target))}); pass --overwrite "
-                "to replace it once the new run has finished, --resume to continue it, or choose another --out")
-        train_dir = staging_dir(target)
-        if int(os.environ.get("RANK", "0")) == 0:
-            shutil.rmtree(train_dir, ignore_errors=True)
+    resume, state, changes, train_dir = _plan_run(cfg, target, resume, overwrite, accept_config_change)
     try:
         t = build_training(cfg, train_dir)
         check_eval_data(t.val_set, cfg)
