@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -98,14 +99,55 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Any = None, **ex
     for key, value in payload.items():
         _check_plain(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # disk full comes as RuntimeError('... unexpected pos ...')
+        free = _free_bytes(path.parent)
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"cannot write checkpoint {path}: {reason}"
+                              + (f" ({free / 2**20:.0f} MiB free on its disk)" if free is not None else "")
+                              + "; the previous file, if any, is unchanged") from None
     finally:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete ``.NAME.tmpPID`` files left beside ``path`` by saves that were killed (their process
+    is gone); a save still running in another process keeps its file. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp*"):
+        pid = tmp.name[len(f".{path.name}.tmp"):]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: another user's live process
+        return True
+    return True
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -126,10 +168,23 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_reason(err)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(data).__name__}, not a dict")
     return data
+
+
+def _load_reason(err: Exception) -> str:
+    """torch's reason in one line, without its advice to load with ``weights_only=False`` (which
+    would run any code a malicious file holds)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    unpickler = next((ln for ln in lines if "WeightsUnpickler error" in ln or "GLOBAL" in ln), None)
+    if unpickler:
+        reason = unpickler.split("WeightsUnpickler error:", 1)[-1].strip().split(". ")[0].rstrip(".")
+        return (f"it holds objects other than tensors and plain values ({reason}); it is not a cdkd checkpoint or "
+                "state dict and is not loaded, since unpickling it could run code")
+    first = next((ln for ln in lines if "weights_only" not in ln), type(err).__name__)
+    return f"{type(err).__name__}: {first} (truncated, corrupt or not a PyTorch file)"
 
 
 def state_dict_in(checkpoint: dict, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -332,6 +332,7 @@ def validate(cfg: Config) -> None:
     if cfg.distill.calibrate_share < 0 or cfg.distill.calibrate_batches <= 0:
         raise ConfigError("config key 'distill.calibrate_share' must be >= 0 and 'distill.calibrate_batches' positive")
     _check_resolutions(cfg)
+    _validate_values(cfg)
 
 
 def _check_resolutions(cfg: Config) -> None:
@@ -344,6 +345,35 @@ def _check_resolutions(cfg: Config) -> None:
                 f"config key 'model.input_size' ({s} along {axis}) does not divide "
                 f"'teacher.input_size' ({t}); choose a divisor or set distill.merge=overlap or centred"
             )
+
+
+def _validate_values(cfg: Config) -> None:
+    """Numbers that would fail only later (workers, batch sizes, learning rate) and unknown archs."""
+    import math
+
+    from cdkd.models import ARCHS
+
+    for key in ("model.arch", "teacher.arch"):
+        section, name = key.split(".")
+        arch = getattr(getattr(cfg, section), name)
+        if arch not in ARCHS:
+            raise ConfigError(f"config key '{key}' is {arch!r}; choose one of {', '.join(sorted(ARCHS))}")
+    checks = {
+        "data.workers": (cfg.data.workers, lambda v: v >= 0, "must be 0 or more"),
+        "eval.batch_size": (cfg.eval.batch_size, lambda v: v > 0, "must be positive"),
+        "train.lr": (cfg.train.lr, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
+        "train.weight_decay": (cfg.train.weight_decay, lambda v: math.isfinite(v) and v >= 0,
+                               "must be a finite number >= 0"),
+        "train.lr_factor": (cfg.train.lr_factor, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
+        "train.val_every": (cfg.train.val_every, lambda v: v > 0, "must be positive"),
+        "data.max_samples": (cfg.data.max_samples, lambda v: v >= 0, "must be 0 (all) or more"),
+    }
+    for key, (value, ok, rule) in checks.items():
+        if not ok(value):
+            raise ConfigError(f"config key '{key}' is {value!r}; it {rule}")
+    device = cfg.train.device
+    if device not in ("auto", "cpu", "cuda", "mps") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"config key 'train.device' is {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

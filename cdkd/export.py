@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import warnings
 from pathlib import Path
 
@@ -251,23 +252,48 @@ def cli(argv: list[str], command: str = "export") -> int:
         0 on success, 1 when the exported model disagrees with PyTorch (max abs diff of the
         logits above ``--tolerance``).
     """
-    parser = argparse.ArgumentParser(prog=f"python -m cdkd {command}", description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="cdkd checkpoint (.pth) of a trained model")
-    parser.add_argument("--format", choices=FORMATS, default="onnx")
-    parser.add_argument("--out", default=None, help="output file (default: beside the checkpoint)")
-    parser.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis (ONNX)")
-    parser.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic-batch")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version")
-    parser.add_argument("--logits-only", action="store_true", help="export x and y only (no feature output)")
-    parser.add_argument("--legacy-exporter", action="store_true", help="TorchScript-based ONNX exporter")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest accepted logit difference")
-    parser.add_argument("--no-verify", action="store_true", help="skip the numerical check")
+    parser = argparse.ArgumentParser(prog=f"python -m cdkd {command}",
+                                     description="Export a trained SimCC student to ONNX or TorchScript and check "
+                                                 "the exported model against PyTorch.")
+    parser.add_argument("--checkpoint", required=True, help="cdkd checkpoint (.pth) of a trained model (required)")
+    parser.add_argument("--format", choices=FORMATS, default="onnx", help="output format (default: onnx)")
+    parser.add_argument("--out", default=None,
+                        help="output file (default: beside the checkpoint, .onnx or .torchscript.pt)")
+    parser.add_argument("--dynamic-batch", action="store_true", help="dynamic batch axis, ONNX (default: off)")
+    parser.add_argument("--batch", type=int, default=1, help="fixed batch size without --dynamic-batch (default: 1)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    parser.add_argument("--logits-only", action="store_true",
+                        help="export x and y only, no feature output (default: off)")
+    parser.add_argument("--legacy-exporter", action="store_true",
+                        help="TorchScript-based ONNX exporter (default: off, the dynamo exporter)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest accepted logit difference (default: 1e-4)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the numerical check (default: off)")
     args = parser.parse_args(argv)
+    from cdkd.checkpoint import CheckpointError
+    from cdkd.config import ConfigError
 
+    try:
+        return _export(args)
+    except (CheckpointError, ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"cdkd {command}: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # unwritable --out, disk full
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"cdkd {command}: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The export command after argument parsing (see :func:`cli`)."""
     from cdkd.checkpoint import load_model
+    from cdkd.engine.run import check_writable
 
-    model = load_model(args.checkpoint, map_location="cpu")
+    if args.batch < 1:
+        raise ValueError(f"--batch is {args.batch}; it must be 1 or more")
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
+    model = load_model(args.checkpoint, map_location="cpu")
+    check_writable(out.parent, "the folder of --out")
     batch = None if args.dynamic_batch else args.batch
     if args.format == "onnx":
         export_onnx(model, out, batch=batch, opset=args.opset, logits_only=args.logits_only,

@@ -76,6 +76,8 @@ def _load_image(image, channel_order: str) -> np.ndarray:
         raise TypeError(f"image must be a file path or an HxWx3 uint8 array; got {type(image).__name__}")
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image array must be HxWx3 uint8; got shape {image.shape} and dtype {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image array is empty ({image.shape[0]}x{image.shape[1]} pixels)")
     if channel_order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}; got {channel_order!r}")
     return image[..., ::-1] if channel_order == "bgr" else image
@@ -211,14 +213,23 @@ def predict(
     Returns:
         ``{'keypoints': [N, J, 2] float64 (x, y) image pixels, 'scores': [N, J] float32
         confidences (the larger of the x and y peak probabilities), 'center': [N, 2], 'scale':
-        [N, 2]}`` (the box as centre and scale / 200 after the aspect fix and enlargement).
+        [N, 2]}`` (the box as centre and scale / 200 after the aspect fix and enlargement), and
+        ``'in_image'``: [N] bool, False for a box wholly outside the image (its scores are 0).
     Raises:
         FileNotFoundError: the image file does not exist (named).
         ValueError: empty boxes, boxes not [N, 4], a box with non-positive size (its index named),
-            an array image that is not HxWx3 uint8, or flip test with unknown flip pairs.
+            an array image that is not HxWx3 uint8 or has no pixels, ``batch_size`` < 1, a bad
+            ``enlarge`` or ``flip_shift``, or flip test with unknown flip pairs.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if isinstance(enlarge, bool) or not isinstance(enlarge, (int, float)) or not np.isfinite(enlarge) or enlarge <= 0:
+        raise ValueError(f"enlarge must be a finite number > 0; got {enlarge!r}")
+    if flip_shift not in ("exact", "official"):
+        raise ValueError(f"flip_shift must be 'exact' or 'official'; got {flip_shift!r}")
     boxes = _check_boxes(boxes)
     rgb = _load_image(image, channel_order)
+    in_image = _boxes_in_image(boxes, rgb.shape[:2])
     model = _resolve_model(checkpoint, device)
     h, w, k = _model_settings(model)
     params = list(model.parameters())
@@ -241,5 +252,13 @@ def predict(
         model.train(was_training)
     crop_xy = np.concatenate(coords)  # [N, J, 2]
     keypoints = transform_preds(crop_xy, centers, scales, (h, w))  # [N, J, 2] image px
-    return {"keypoints": keypoints, "scores": np.concatenate(scores).astype(np.float32),
-            "center": centers, "scale": scales}
+    scores = np.concatenate(scores).astype(np.float32)
+    scores[~in_image] = 0.0  # a box wholly outside the image shows no person
+    return {"keypoints": keypoints, "scores": scores, "center": centers, "scale": scales, "in_image": in_image}
+
+
+def _boxes_in_image(boxes: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """[N] bool: does the box (x, y, w, h) overlap the image ``[0, W) x [0, H)`` at all."""
+    height, width = image_hw
+    x, y, w, h = boxes.T
+    return (x < width) & (x + w > 0) & (y < height) & (y + h > 0)

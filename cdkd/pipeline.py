@@ -2,7 +2,8 @@
 
 Every step reads and writes files in run folders under one output directory, so that notebooks
 pass results to each other through files, never through kernel state, and a step whose run folder
-already holds a ``metrics.json`` is not trained again (``force=True`` retrains).
+already holds a finished run with the same config is not trained again; a finished run with
+another config is an error naming the keys (``force=True`` retrains).
 
 Layout under ``out_dir``::
 
@@ -62,9 +63,50 @@ def _common(data_root: str | None, device: str, epochs: int | None, workers: int
 
 
 def is_complete(run_dir: str | Path) -> bool:
-    """A run is complete when it wrote its final ``metrics.json`` and its ``best.pth`` is there
-    (checkpoints are not committed: a fresh clone retrains what it needs)."""
-    return (Path(run_dir) / "metrics.json").exists() and (Path(run_dir) / "best.pth").exists()
+    """A run is complete when it wrote its final ``metrics.json`` (non-empty, parsable JSON with
+    its config) and its ``best.pth`` is there (checkpoints are not committed: a fresh clone
+    retrains what it needs)."""
+    return finished_config(run_dir) is not None and (Path(run_dir) / "best.pth").exists()
+
+
+def finished_config(run_dir: str | Path) -> dict | None:
+    """The config recorded in a run's ``metrics.json``, or None when the file is missing, empty
+    (a kill while it was written) or unparsable."""
+    import json
+
+    try:
+        record = json.loads((Path(run_dir) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("config") if isinstance(record, dict) and isinstance(record.get("config"), dict) else None
+
+
+def reuse_or_train(cfg: Config, run_dir: Path, force: bool, unrequested: tuple[str, ...] = ()) -> Path:
+    """Reuse a finished run whose recorded config equals ``cfg`` (keys in
+    :data:`cdkd.engine.run.NON_RESULT_KEYS`, such as the device and loader workers, aside, and the
+    ``unrequested`` keys the caller left to the finished run, e.g. ``train.epochs`` when a notebook
+    asks for "the teacher" without giving epochs); train it otherwise (continuing its
+    ``last.pth`` when the config matches).
+
+    Raises:
+        ConfigError: a finished run with another config is in ``run_dir`` (naming the keys);
+            ``force=True`` retrains it (the old files are replaced once the new run has finished).
+    """
+    from cdkd.config import ConfigError
+    from cdkd.engine.run import NON_RESULT_KEYS, config_changes, describe_changes
+    from cdkd.engine.train import fit
+
+    if force:
+        fit(cfg, run_dir=run_dir, overwrite=True)
+        return run_dir
+    if is_complete(run_dir):
+        changes = config_changes(finished_config(run_dir), cfg, ignore=NON_RESULT_KEYS | set(unrequested))
+        if not changes:
+            return run_dir
+        raise ConfigError(f"{run_dir} holds a finished run with another config ({describe_changes(changes)}); "
+                          "pass force=True to retrain it, or use another out_dir")
+    fit(cfg, run_dir=run_dir, resume="auto", overwrite=not (Path(run_dir) / "last.pth").exists())
+    return run_dir
 
 
 def ensure_data(data_root: str | Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> Path:
@@ -89,12 +131,9 @@ def teacher_config(preset: str, data_root: str | None = None, epochs: int | None
 
 def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwargs) -> Path:
     """Train (or reuse) the high-resolution teacher under ``out_dir/runs/teacher``."""
-    from cdkd.engine.train import fit
-
     run_dir = Path(out_dir) / "runs" / "teacher"
-    if force or not is_complete(run_dir):
-        fit(teacher_config(preset, **kwargs), run_dir=run_dir, resume=None if force else "auto")
-    return run_dir
+    unrequested = ("train.epochs",) if not kwargs.get("epochs") else ()
+    return reuse_or_train(teacher_config(preset, **kwargs), run_dir, force, unrequested)
 
 
 def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: str | Path,
@@ -129,14 +168,11 @@ def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: 
 def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str | Path, force: bool = False,
                   **kwargs) -> Path:
     """Train (or reuse) one student under ``out_dir/runs/r{res}_s{seed}_{variant}``."""
-    from cdkd.engine.train import fit
-
     teacher_dir = kwargs.pop("teacher_dir", Path(out_dir) / "runs" / "teacher")
     run_dir = Path(out_dir) / "runs" / f"r{res}_s{seed}_{variant}"
-    if force or not is_complete(run_dir):
-        cfg = student_config(preset, variant, res, seed, teacher_dir, **kwargs)
-        fit(cfg, run_dir=run_dir, resume=None if force else "auto")
-    return run_dir
+    unrequested = ("train.epochs",) if not kwargs.get("epochs") else ()
+    return reuse_or_train(student_config(preset, variant, res, seed, teacher_dir, **kwargs), run_dir, force,
+                          unrequested)
 
 
 def switch_overrides(sape: bool = True, cca: bool = True, etht: bool = True) -> tuple[str, ...]:

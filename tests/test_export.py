@@ -105,5 +105,5 @@ def test_cli_on_a_saved_checkpoint(tmp_path, capsys):
     out = tmp_path / "deploy" / "student.pt"
     assert cli(["--checkpoint", str(ckpt), "--format", "torchscript", "--out", str(out)], "export") == 0
     assert out.is_file() and "max abs diff" in capsys.readouterr().out
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        cli(["--checkpoint", str(tmp_path / "missing.pth")], "export")
+    assert cli(["--checkpoint", str(tmp_path / "missing.pth")], "export") == 2  # issue 12: a message, exit 2
+    assert "missing.pth" in capsys.readouterr().err

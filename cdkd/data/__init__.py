@@ -86,6 +86,28 @@ class ProblemLog:
         return len(self.skipped)
 
 
+def plain_numbers(values, name: str, count: int | None = None) -> tuple[np.ndarray | None, str | None]:
+    """``values`` as a float64 array when it is a list of ``count`` finite plain numbers.
+
+    Returns:
+        (array, None), or (None, the reason naming the field ``name``), e.g. ``"'keypoints' has a
+        non-finite value nan"``.
+    """
+    if isinstance(values, (int, float)) and not isinstance(values, bool) and count is None:
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        return None, f"'{name}' has a non-numeric value {values!r}"
+    if count is not None and len(values) != count:
+        return None, f"'{name}' has {len(values)} values, expected {count}"
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad is not None or any(isinstance(v, bool) for v in values):
+        return None, f"'{name}' has a non-numeric value {bad!r}"
+    array = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(array).all():
+        return None, f"'{name}' has a non-finite value {array[~np.isfinite(array)][0]}"
+    return array, None
+
+
 def __getattr__(name: str):
     """``cdkd.data.build_dataset`` / ``TopDownDataset`` without importing torch at package import."""
     if name in ("build_dataset", "TopDownDataset"):

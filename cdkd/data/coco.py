@@ -10,8 +10,11 @@ Reads the official ``person_keypoints_{set}.json`` with pycocotools and produces
 - centre/scale from the cleaned box with the model aspect ratio, enlarged 1.25 times.
 
 Protocol filtering (crowd, no keypoints, other categories) is counted in ``filtered``; broken
-annotations (wrong keypoint count, missing image, ``w <= 0`` or ``h <= 0``, ``area <= 0``) are
-errors naming the annotation id (``data.on_bad: skip`` warns and counts them instead).
+annotations (wrong keypoint count, missing image, ``w <= 0`` or ``h <= 0``, ``area <= 0``, a
+non-numeric or non-finite value, visibility other than 0/1/2, a labelled keypoint an image size
+outside the image, an annotation or image id used twice) are errors naming the file and the
+annotation id (``data.on_bad: skip`` warns, records them and leaves them out of the evaluation
+ground truth too).
 
 Person detections (val with ``data.use_gt_bbox: false``) come from a SimpleBaselines-style
 file, a JSON list of ``{image_id, category_id, bbox: [x, y, w, h], score}``.
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
+from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog, plain_numbers
 from cdkd.data.transforms import box_to_center_scale
 
 COCO_META = JointsMeta(
@@ -112,18 +115,21 @@ def load_coco_gt(
     coco = coco or load_coco_api(ann_file)
     problems = ProblemLog(on_bad)
     filtered = {"crowd": 0, "not_person": 0, "no_keypoints": 0, "empty_clean_box": 0}
-    num_joints = COCO_META.num_joints
     records: list[PersonRecord] = []
+    dropped = _duplicate_ids(coco, ann_file, problems)
     for ann_id, ann in coco.anns.items():
         if ann.get("image_id") not in coco.imgs:
             problems.report(
                 f"{ann_file}: annotation id {ann_id}",
                 f"refers to image id {ann.get('image_id')}, which is not in 'images'",
             )
+            dropped.add(ann_id)
     for image_id in coco.getImgIds():
         info = coco.imgs[image_id]
         for ann_id in coco.getAnnIds(imgIds=image_id):
             ann = coco.anns[ann_id]
+            if ann_id in dropped:
+                continue
             where = f"{ann_file}: annotation id {ann_id} (image id {image_id})"
             if ann.get("category_id") != PERSON_CATEGORY_ID:
                 filtered["not_person"] += 1
@@ -131,26 +137,20 @@ def load_coco_gt(
             if ann.get("iscrowd", 0):
                 filtered["crowd"] += 1
                 continue
-            keypoints = ann.get("keypoints")
-            if keypoints is None or len(keypoints) != 3 * num_joints:
-                count = "no" if keypoints is None else len(keypoints)
-                problems.report(where, f"has {count} keypoint values, expected {3 * num_joints}")
-                continue
-            if max(keypoints) == 0:
+            problem = _check_keypoints(ann, info)
+            if problem is None and max(ann["keypoints"]) == 0:
                 filtered["no_keypoints"] += 1
                 continue
-            bbox = ann.get("bbox")
-            if bbox is None or len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
-                problems.report(where, f"has a bad box {bbox} (need [x, y, w, h] with w, h > 0)")
+            problem = problem or _check_box(ann)
+            if problem:
+                problems.report(where, problem)
+                dropped.add(ann_id)
                 continue
-            if float(ann.get("area", 0.0)) <= 0:
-                problems.report(where, f"has area {ann.get('area')} (must be > 0)")
-                continue
-            clean = _clean_box(bbox, int(info["width"]), int(info["height"]))
+            kp = np.asarray(ann["keypoints"], dtype=np.float32).reshape(COCO_META.num_joints, 3)
+            clean = _clean_box(ann["bbox"], int(info["width"]), int(info["height"]))
             if clean is None:
                 filtered["empty_clean_box"] += 1
                 continue
-            kp = np.asarray(keypoints, dtype=np.float32).reshape(num_joints, 3)
             center, scale = box_to_center_scale(clean, aspect_ratio, enlarge)
             records.append(
                 PersonRecord(
@@ -165,7 +165,83 @@ def load_coco_gt(
                     area=float(ann["area"]),
                 )
             )
+    if dropped:  # the evaluation ground truth holds the same persons as the records
+        coco = _without_annotations(coco, dropped)
     return CocoLoad(records=records, coco=coco, problems=problems, filtered=filtered)
+
+
+def _duplicate_ids(coco: COCO, ann_file, problems: ProblemLog) -> set:
+    """Report annotation and image ids used twice (pycocotools keeps only the last of each, so a
+    person would be dropped and another duplicated); returns the annotation ids to leave out."""
+    dropped: set = set()
+    for kind, items in (("image", coco.dataset.get("images", [])), ("annotation", coco.dataset.get("annotations", []))):
+        seen: set = set()
+        for item in items:
+            key = item.get("id") if isinstance(item, dict) else None
+            if key in seen:
+                problems.report(f"{ann_file}: {kind} id {key}", f"is used by more than one entry of "
+                                f"'{kind}s'; ids must be unique")
+                if kind == "image":
+                    dropped.update(a["id"] for a in coco.dataset.get("annotations", []) if a.get("image_id") == key)
+                else:
+                    dropped.add(key)
+            seen.add(key)
+    return dropped
+
+
+def _check_keypoints(ann: dict, info: dict) -> str | None:
+    """Why a person's keypoints cannot be used (None when they can): finite numbers, visibility 0,
+    1 or 2, labelled keypoints no more than an image size outside the image."""
+    num_joints = COCO_META.num_joints
+    kp, problem = plain_numbers(ann.get("keypoints"), "keypoints", 3 * num_joints)
+    if problem:
+        return problem.replace("values, expected", "keypoint values, expected")
+    width, height = info.get("width"), info.get("height")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (width, height)) \
+            or not isinstance(info.get("file_name"), str) or not info["file_name"]:
+        return f"is in image id {info.get('id')}, whose 'width', 'height' or 'file_name' is missing or invalid"
+    kp = kp.reshape(num_joints, 3)  # [J, 3] (x, y, v)
+    bad_v = np.flatnonzero(~np.isin(kp[:, 2], (0, 1, 2)))
+    if bad_v.size:
+        j = int(bad_v[0])
+        return f"has visibility {kp[j, 2]:g} for keypoint {j} ({COCO_META.joint_names[j]}); COCO uses 0, 1, 2"
+    far = (kp[:, 2] > 0) & ((kp[:, 0] < -width) | (kp[:, 0] > 2 * width) | (kp[:, 1] < -height) | (kp[:, 1] > 2 * height))
+    if far.any():
+        j = int(np.flatnonzero(far)[0])
+        return (f"has keypoint {j} ({COCO_META.joint_names[j]}) at ({kp[j, 0]:g}, {kp[j, 1]:g}) with v={kp[j, 2]:g}, "
+                f"far outside the {width}x{height} image")
+    return None
+
+
+def _check_box(ann: dict) -> str | None:
+    """Why a person's box or area cannot be used: finite numbers, w, h and area > 0."""
+    bbox, problem = plain_numbers(ann.get("bbox"), "bbox", 4)
+    if problem or bbox[2] <= 0 or bbox[3] <= 0:
+        return f"has a bad box {ann.get('bbox')} (need [x, y, w, h], finite, with w, h > 0)"
+    area, problem = plain_numbers(ann.get("area", 0.0), "area", None)
+    if problem or area[0] <= 0:
+        return f"has area {ann.get('area')} (must be a finite number > 0)"
+    return None
+
+
+def _without_annotations(coco: COCO, ann_ids: set) -> COCO:
+    """A COCO index of the same file without the given annotations (and without images that are
+    listed twice): what skip mode evaluates against."""
+    images, seen = [], set()
+    counts: dict = {}
+    for img in coco.dataset.get("images", []):
+        counts[img.get("id")] = counts.get(img.get("id"), 0) + 1
+    for img in coco.dataset.get("images", []):
+        if counts[img.get("id")] == 1 and img.get("id") not in seen:
+            images.append(img)
+            seen.add(img.get("id"))
+    clean = COCO()
+    clean.dataset = {**coco.dataset, "images": images,
+                     "annotations": [a for a in coco.dataset.get("annotations", [])
+                                     if a.get("id") not in ann_ids and a.get("image_id") in seen]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        clean.createIndex()
+    return clean
 
 
 def load_coco_det(
@@ -212,6 +288,11 @@ def load_coco_det(
             continue
         if det.get("category_id", PERSON_CATEGORY_ID) != PERSON_CATEGORY_ID:
             filtered["not_person"] += 1
+            continue
+        score, problem = plain_numbers(det["score"], "score", None)
+        bbox, box_problem = plain_numbers(det["bbox"], "bbox", 4)
+        if problem or box_problem:
+            problems.report(where, str(problem or box_problem))
             continue
         if float(det["score"]) < score_thr:
             filtered["below_score"] += 1

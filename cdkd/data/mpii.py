@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
+from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog, plain_numbers
 
 MPII_META = JointsMeta(
     name="mpii",
@@ -71,33 +71,16 @@ def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "
     for index, entry in enumerate(entries):
         name = entry.get("image") if isinstance(entry, dict) else None
         where = f"{json_file}: annotation #{index} (image {name})"
-        if not isinstance(entry, dict) or not {"image", "center", "scale"} <= set(entry):
-            problems.report(where, "needs image, center and scale")
+        parsed = _parse_entry(entry, num_joints)
+        if isinstance(parsed, str):
+            problems.report(where, parsed)
             continue
-        scale_value = float(entry["scale"])
-        if not scale_value > 0:
-            problems.report(where, f"has scale {entry['scale']} (the person box must have positive area)")
-            continue
-        joints = np.zeros((num_joints, 3), dtype=np.float32)
-        if "joints" in entry:
-            raw = np.asarray(entry["joints"], dtype=np.float32)
-            vis = np.asarray(entry.get("joints_vis", np.ones(len(raw))), dtype=np.float32).reshape(-1)
-            if raw.ndim != 2 or raw.shape != (num_joints, 2) or vis.shape != (num_joints,):
-                problems.report(
-                    where, f"has joints {raw.shape} / joints_vis {vis.shape}, expected ({num_joints}, 2) / ({num_joints},)"
-                )
-                continue
-            joints[:, :2] = raw - 1.0  # MATLAB 1-based -> 0-based
-            joints[:, 2] = vis
-        center = np.asarray(entry["center"], dtype=np.float32).reshape(2).copy()
+        center, scale_value, joints, head_box = parsed
         scale = np.array([scale_value, scale_value], dtype=np.float32)
         if center[0] != -1:
             center[1] = center[1] + 15.0 * scale[1]
             scale = scale * 1.25
         center = center - 1.0
-        head_box = None
-        if entry.get("head_box") is not None:
-            head_box = np.asarray(entry["head_box"], dtype=np.float32).reshape(4) - 1.0
         image_id = image_ids.setdefault(str(name), len(image_ids))
         records.append(
             PersonRecord(
@@ -114,3 +97,53 @@ def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "
             )
         )
     return MpiiLoad(records=records, problems=problems)
+
+
+def _parse_entry(entry, num_joints: int):
+    """(centre [2], scale, joints [J, 3] 0-based, head box [4] 0-based or None) of one entry, or
+    the reason it cannot be used: fields of the wrong type or length, non-finite values, scale
+    <= 0, visibility other than 0/1, a labelled joint far outside the person."""
+    if not isinstance(entry, dict) or not {"image", "center", "scale"} <= set(entry):
+        return "needs image, center and scale"
+    if not isinstance(entry["image"], str) or not entry["image"]:
+        return f"has image {entry['image']!r}; it must be a file name"
+    center, problem = plain_numbers(entry["center"], "center", 2)
+    if problem:
+        return problem
+    scale, problem = plain_numbers(entry["scale"], "scale", None)
+    if problem or scale.size != 1:
+        return problem or f"'scale' has {scale.size} values, expected 1"
+    if not scale[0] > 0:
+        return f"has scale {entry['scale']} (the person box must have positive area)"
+    joints = np.zeros((num_joints, 3), dtype=np.float32)
+    if "joints" in entry:
+        rows = entry["joints"] if isinstance(entry["joints"], list) else None
+        if rows is None or len(rows) != num_joints or any(not isinstance(r, list) or len(r) != 2 for r in rows):
+            shape = np.shape(entry["joints"]) if isinstance(entry["joints"], list) else type(entry["joints"]).__name__
+            return f"has joints {shape}, expected ({num_joints}, 2)"
+        raw, problem = plain_numbers([v for r in rows for v in r], "joints", 2 * num_joints)
+        if problem:
+            return problem
+        vis, problem = plain_numbers(entry.get("joints_vis", [1] * num_joints), "joints_vis", None)
+        if problem or vis.shape != (num_joints,):
+            return problem or f"has joints_vis ({vis.size},), expected ({num_joints},)"
+        bad = np.flatnonzero(~np.isin(vis, (0, 1)))
+        if bad.size:
+            return f"has joints_vis {vis[bad[0]]:g} for joint {int(bad[0])}; MPII uses 0 and 1"
+        raw = raw.reshape(num_joints, 2) - 1.0  # MATLAB 1-based -> 0-based
+        # a labelled joint lies within the person (height 200 * scale), not far away
+        reach = 400.0 * float(scale[0])
+        far = (vis > 0) & (np.abs(raw - (center - 1.0)).max(axis=1) > reach) if center[0] != -1 else vis < 0
+        if far.any():
+            j = int(np.flatnonzero(far)[0])
+            return (f"has joint {j} ({MPII_META.joint_names[j]}) at ({raw[j, 0] + 1:g}, {raw[j, 1] + 1:g}), labelled "
+                    f"visible but far from the person (centre {center.tolist()}, scale {float(scale[0]):g})")
+        joints[:, :2] = raw
+        joints[:, 2] = vis
+    head_box = None
+    if entry.get("head_box") is not None:
+        box, problem = plain_numbers(entry["head_box"], "head_box", 4)
+        if problem:
+            return problem
+        head_box = box.astype(np.float32) - 1.0
+    return center.astype(np.float32), float(scale[0]), joints, head_box

@@ -43,10 +43,23 @@ def read_image(path: str) -> np.ndarray:
     """Decode an image as RGB uint8 [H, W, 3]; raise :class:`DataError` naming the file."""
     if not Path(path).is_file():
         raise DataError(f"image file not found: {path}")
-    image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
+    data = np.fromfile(path, dtype=np.uint8)
+    if jpeg_truncated(data):
+        raise DataError(f"truncated JPEG file {path} (no end-of-image marker; OpenCV would fill the rest grey)")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if image is None or image.size == 0:
         raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def jpeg_truncated(data: np.ndarray | bytes) -> bool:
+    """True for JPEG bytes without the end-of-image marker ``FF D9`` at their end (trailing zero
+    padding, or a short trailer within the last 1 KiB, is allowed). Other formats: False."""
+    data = bytes(data[:2]) + bytes(data[-1024:]) if len(data) > 1026 else bytes(data)
+    if data[:2] != b"\xff\xd8":
+        return False
+    tail = data[2:].rstrip(b"\x00\r\n ")
+    return not tail.endswith(b"\xff\xd9") and b"\xff\xd9" not in tail[-1024:]
 
 
 def check_image_file(path: str) -> str | None:
@@ -163,6 +176,10 @@ class TopDownDataset(Dataset):
                 verdict[rec.image] = check_image_file(rec.image)
                 if verdict[rec.image] is not None:
                     self.problems.report(f"image {rec.image}", str(verdict[rec.image]))
+                    self.problems.skipped[-1]["ann_id"] = int(rec.ann_id)
+            elif verdict[rec.image] is not None:  # one entry per person left out, one warning per image
+                self.problems.skipped.append({"where": f"image {rec.image}", "reason": str(verdict[rec.image]),
+                                              "ann_id": int(rec.ann_id)})
             if verdict[rec.image] is None:
                 kept.append(rec)
         return kept

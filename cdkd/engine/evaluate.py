@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
     Returns:
         dict with ``coords`` [N,J,2] (image px), ``scores`` [N,J], ``crop_coords`` [N,J,2] (input px),
         ``index`` [N] (record index), ``image_id`` [N], ``box_score`` [N], ``area`` [N] (prod(scale*200),
-        the area HRNet/SimCC give OKS-NMS).
+        the area HRNet/SimCC give OKS-NMS), and ``unreadable`` (record indices whose image could not be
+        read in skip mode: left out of the others).
     """
     flip = cfg.eval.flip_test if flip is None else flip
     model.eval()
@@ -39,6 +41,7 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
     h, w = model.input_size
     parts: dict[str, list] = {k_: [] for k_ in ("coords", "scores", "crop_coords", "index", "image_id", "box_score", "area")}
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    parts["valid"] = []
     for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
         image = batch["image"].to(device).contiguous(memory_format=fmt)
         crop, scores = predict_crops(model, image, dataset.flip_pairs, flip, cfg.eval.flip_shift)  # [B,J,2], [B,J]
@@ -48,10 +51,18 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
         parts["coords"].append(coords)
         parts["crop_coords"].append(crop)
         parts["scores"].append(scores.cpu().numpy())
-        for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score")):
+        for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score"), ("valid", "valid")):
             parts[key].append(np.asarray(batch[name]))
         parts["area"].append(np.prod(scale * 200.0, axis=1))  # the enlarged box area, as HRNet's OKS-NMS
-    return {k_: np.concatenate(v) for k_, v in parts.items()}
+    out = {k_: np.concatenate(v) for k_, v in parts.items()}
+    # a sample whose image could not be read (skip mode, maybe in a worker process) is no prediction
+    keep = out.pop("valid").astype(bool)
+    out = {k_: v[keep] for k_, v in out.items()}
+    out["unreadable"] = np.flatnonzero(~keep)
+    if out["unreadable"].size:
+        warnings.warn(f"{out['unreadable'].size} persons of the evaluation set had an unreadable image and are "
+                      "not scored (counted in 'persons_dropped')", stacklevel=2)
+    return out
 
 
 def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict:
@@ -71,8 +82,10 @@ def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict
     from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS
 
     order = np.argsort(pred["index"])
-    metrics = pckh(pred["coords"][order], mpii_ground_truth(dataset), threshold=cfg.eval.pck_threshold,
-                   low_threshold=MEAN_AT_01_THRESHOLDS[cfg.eval.mean_at_01])
+    gt = mpii_ground_truth(dataset)
+    rows = pred["index"][order]  # only the persons that were evaluated, in record order
+    metrics = pckh(pred["coords"][order], type(gt)(gt.joints[rows], gt.visible[rows], gt.head_boxes[rows]),
+                   threshold=cfg.eval.pck_threshold, low_threshold=MEAN_AT_01_THRESHOLDS[cfg.eval.mean_at_01])
     metrics["main"] = metrics["Mean"]
     return metrics
 
@@ -80,30 +93,67 @@ def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict
 def mpii_ground_truth(dataset):
     """PCKh ground truth of the dataset's persons, in record order.
 
-    The official ``gt_valid.mat`` when the dataset has one (its persons are in ``valid.json``'s
-    order; with ``data.max_samples`` the first N are used), else the records' own joints and head
-    boxes (the synthetic annotations carry them).
+    The official ``gt_valid.mat`` when the dataset has one (column n is entry n of ``valid.json``,
+    the record's ``ann_id``: persons skipped in ``data.on_bad: skip`` mode, or cut by
+    ``data.max_samples``, are left out of both), else the records' own joints and head boxes (the
+    synthetic annotations carry them).
     """
+    from cdkd.data import DataError
     from cdkd.evaluation.mpii import MPIIGroundTruth, load_gt_valid
 
     records = dataset.records
     if getattr(dataset, "gt_mat", None):
         gt = load_gt_valid(dataset.gt_mat)
-        if len(gt.joints) < len(records) or len(getattr(dataset, "skipped", ())):
-            raise ValueError(
-                f"{dataset.gt_mat} has {len(gt.joints)} persons but the dataset has {len(records)} records "
-                f"(skipped: {len(getattr(dataset, 'skipped', ()))}); they must match one to one"
-            )
-        n = len(records)
-        return MPIIGroundTruth(gt.joints[:n], gt.visible[:n], gt.head_boxes[:n])
+        columns = np.asarray([r.ann_id for r in records], dtype=np.int64)
+        if columns.size and int(columns.max()) >= len(gt.joints):
+            raise DataError(f"{dataset.gt_mat} has {len(gt.joints)} persons but the annotation file has an entry "
+                            f"#{int(columns.max())}; they must match one to one")
+        return MPIIGroundTruth(gt.joints[columns], gt.visible[columns], gt.head_boxes[columns])
     missing = [i for i, r in enumerate(records) if r.head_box is None]
     if missing:
-        raise ValueError(f"no gt_valid.mat and person {missing[0]} ({records[missing[0]].image}) has no head box")
+        raise DataError(f"no gt_valid.mat and person {missing[0]} ({records[missing[0]].image}) has no head box")
     return MPIIGroundTruth(
         np.stack([r.joints[:, :2] for r in records]),
         np.stack([r.visible > 0 for r in records]),
         np.stack([np.asarray(r.head_box, dtype=np.float64).reshape(2, 2) for r in records]),
     )
+
+
+def check_eval_data(dataset, cfg: Config) -> None:
+    """Check the validation set before any training: every image there (in ``data.on_bad: error``
+    mode; skip mode has already left out the missing ones) and the ground truth scoring needs.
+
+    Raises:
+        DataError: naming the first missing or unreadable image, or the ground truth file.
+    """
+    from cdkd.data import DataError
+    from cdkd.data.topdown import check_image_file
+
+    if len(dataset) == 0:
+        raise DataError(f"the validation set '{cfg.data.val_set}' under {cfg.data.root} has no persons")
+    if dataset.on_bad == "error":
+        seen: set[str] = set()
+        for rec in dataset.records:
+            if rec.image not in seen:
+                seen.add(rec.image)
+                problem = check_image_file(rec.image) or _truncated(rec.image)
+                if problem:
+                    raise DataError(f"{problem}: {rec.image} (validation image id {rec.image_id}, "
+                                    f"annotation id {rec.ann_id}; found before training)")
+    if dataset.dataset_name == "mpii":
+        mpii_ground_truth(dataset)
+
+
+def _truncated(path: str) -> str | None:
+    """'truncated JPEG' when the file's head and tail say so (reads 1 KiB, decodes nothing)."""
+    from cdkd.data.topdown import jpeg_truncated
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0, 2)
+        f.seek(max(2, f.tell() - 1024))
+        tail = f.read()
+    return "truncated JPEG (no end-of-image marker)" if jpeg_truncated(head + tail) else None
 
 
 def protocol(cfg: Config, dataset, flip: bool) -> dict:
@@ -124,6 +174,9 @@ def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, flip:
     pred = predict(model, dataset, cfg, device, flip=flip, progress=progress)
     metrics = score_predictions(pred, dataset, cfg)
     metrics["protocol"] = protocol(cfg, dataset, flip)
+    # persons not scored: left out when the data was loaded (skip mode) or unreadable when evaluated
+    metrics["persons_evaluated"] = int(len(pred["index"]))
+    metrics["persons_dropped"] = int(len(dataset.skipped) + len(pred["unreadable"]))
     metrics["eval_seconds"] = time.perf_counter() - start
     return metrics
 
@@ -148,6 +201,7 @@ def write_metrics(path: str | Path, metrics: dict, cfg: Config, model: nn.Module
         **(extra or {}),
         "config": config_to_dict(cfg),
     }
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2, default=float)
+    from cdkd.engine.run import atomic_write_text
+
+    atomic_write_text(path, json.dumps(record, indent=2, default=float))
     return record

@@ -12,13 +12,22 @@ import platform
 import random
 import subprocess
 import sys
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cdkd.config import Config, run_name, save_config
+from cdkd.config import Config, ConfigError, config_to_dict, run_name
+
+# Files that make a run folder hold a run: a new run refuses to go there without ``overwrite``.
+RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
+
+# Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
+# resumed or reused): the device, loader workers, logging interval and folder names.
+NON_RESULT_KEYS = frozenset({"name", "train.device", "data.workers", "train.log_every", "train.out_dir",
+                             "train.run_name"})
 
 PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pycocotools", "scipy", "cdkd")
 
@@ -83,8 +92,81 @@ def setup_run(cfg: Config, out_dir: str | Path | None = None, write: bool = True
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     run_dir = Path(out_dir) if out_dir else Path(cfg.train.out_dir) / run_name(cfg)
     if write:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        with open(run_dir / "environment.json", "w") as f:
-            json.dump(environment_info(), f, indent=2)
+        import yaml
+
+        check_writable(run_dir, "the run folder")
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "environment.json", json.dumps(environment_info(), indent=2))
     return run_dir
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``: a reader (or a
+    kill at any moment) sees the old file or the new one, never a partial one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def run_files(run_dir: str | Path) -> list[str]:
+    """The :data:`RUN_FILES` present in ``run_dir`` (empty: the folder holds no run)."""
+    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(old: dict | Config, new: dict | Config, ignore=NON_RESULT_KEYS) -> dict[str, list]:
+    """Keys whose values differ between two configs, as ``{'train.lr': [old, new]}``.
+
+    Keys in ``ignore`` (default :data:`NON_RESULT_KEYS`) are left out; tuples and lists compare equal.
+    """
+    flat_old = _flatten(old if isinstance(old, dict) else config_to_dict(old))
+    flat_new = _flatten(new if isinstance(new, dict) else config_to_dict(new))
+
+    def plain(v):
+        return list(v) if isinstance(v, tuple) else v
+
+    ignore = set(ignore)
+    share = flat_new.get("distill.calibrate_share") or 0
+    if share > 0 and flat_old.get("distill.calibrate_share") == share:
+        # alpha and beta of a calibrated run are chosen by the rule (recorded in its config.yaml), not requested
+        ignore |= {"distill.alpha", "distill.beta"}
+    return {key: [plain(flat_old.get(key)), plain(flat_new.get(key))]
+            for key in sorted(set(flat_old) | set(flat_new))
+            if key not in ignore and plain(flat_old.get(key)) != plain(flat_new.get(key))}
+
+
+def describe_changes(changes: dict[str, list]) -> str:
+    """``train.lr: 0.001 -> 0.5, train.seed: 0 -> 1`` (the first few keys)."""
+    parts = [f"{key}: {old!r} -> {new!r}" for key, (old, new) in list(changes.items())[:6]]
+    more = len(changes) - 6
+    return ", ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def check_writable(folder: str | Path, what: str) -> Path:
+    """Create ``folder`` and check a file can be written there; raise ConfigError naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to {what} {folder}: {err.strerror or err}") from None
+    return folder

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
-from collections import Counter
+import io
 import json
 import math
+import os
+import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,15 +33,16 @@ from tqdm.auto import tqdm
 
 from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cdkd.codec import num_bins
-from cdkd.config import Config, ConfigError, config_from_dict, config_to_dict
+from cdkd.config import Config, ConfigError, config_to_dict, run_name
 from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
-from cdkd.engine.evaluate import evaluate, write_metrics
+from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
 from cdkd.engine.recorder import Recorder
-from cdkd.engine.run import seed_everything, setup_run
+from cdkd.engine.run import (atomic_write_text, config_changes, describe_changes, run_files, seed_everything,
+                             setup_run)
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model
 
@@ -385,23 +389,80 @@ def load_distiller_state(distiller: nn.Module, state: dict, path: str | Path) ->
     distiller.load_state_dict({**sd, **state["distiller"]})
 
 
-def resume_state(t: Training, path: str | Path) -> None:
-    """Load a ``last.pth`` written by :func:`save_state`; training continues at the next epoch."""
+STRUCTURAL = ("model.", "distill.", "train.mode", "teacher.arch", "teacher.input_size", "teacher.split_ratio")
+
+
+class RunFolderError(ConfigError):
+    """A run folder that a new run must not write into (it holds a run); names ``--overwrite``."""
+
+
+def check_resume(cfg: Config, path: str | Path, accept_config_change: bool = False) -> tuple[dict, dict]:
+    """Read a ``last.pth`` and compare its config with ``cfg`` before anything is written.
+
+    Returns:
+        (the checkpoint, the changed keys ``{'train.lr': [old, new]}``; empty when equal).
+    Raises:
+        CheckpointError: the file holds weights only (``best.pth``), naming it.
+        ConfigError: the config differs (naming the keys) and ``accept_config_change`` is False,
+            or a key that changes the model itself differs (never accepted).
+    """
+    from cdkd.checkpoint import CheckpointError
+
     state = load_checkpoint(path)
-    if "optimizer" not in state:
-        raise ValueError(f"{path} holds weights only (no optimizer/epoch state); it cannot be resumed")
-    saved = config_from_dict(state["config"])
-    for section in ("model", "teacher", "distill", "loss"):
-        if config_to_dict(saved)[section] != config_to_dict(t.cfg)[section] and (section != "teacher" or t.distiller):
-            raise ConfigError(f"cannot resume from {path}: config section '{section}' differs from the checkpoint's")
+    if "optimizer" not in state or "epoch" not in state or not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path} holds weights only (no optimizer or epoch state, as best.pth); "
+                              "resume from the run's last.pth")
+    changes = config_changes(state["config"], cfg)
+    fixed = {k: v for k, v in changes.items() if k.startswith(STRUCTURAL)
+             and (not k.startswith("teacher.") or cfg.train.mode == "distill")}
+    if fixed:
+        raise ConfigError(f"cannot resume from {path}: {describe_changes(fixed)} differ from the checkpoint's and "
+                          "change the model itself; start a new run (another --out, or --overwrite)")
+    if changes and not accept_config_change:
+        raise ConfigError(f"cannot resume from {path}: the config differs from the one it was trained with "
+                          f"({describe_changes(changes)}); pass --accept-config-change to continue with the new "
+                          "values (recorded in config.yaml, epochs.jsonl and metrics.json), or drop the changes")
+    return state, changes
+
+
+def _apply_changes(t: Training, changes: dict) -> None:
+    """Make the resumed optimizer and schedule follow the accepted new config (lr, steps, decay)."""
+    cfg, groups = t.cfg, t.optimizer.param_groups
+    if "train.weight_decay" in changes:
+        for group in groups:
+            if not group.get("etht"):
+                group["weight_decay"] = cfg.train.weight_decay
+    if {"train.lr", "train.lr_steps", "train.lr_factor", "train.optimizer"} & set(changes):
+        t.scheduler.milestones = Counter(cfg.train.lr_steps)
+        t.scheduler.gamma = cfg.train.lr_factor
+        t.scheduler.base_lrs = [cfg.train.lr] * len(groups)
+        passed = sum(1 for m in cfg.train.lr_steps if m <= t.scheduler.last_epoch)
+        for group in groups:
+            group["initial_lr"] = cfg.train.lr
+            group["lr"] = cfg.train.lr * cfg.train.lr_factor ** passed
+        t.scheduler._last_lr = [group["lr"] for group in groups]
+
+
+def resume_state(t: Training, path: str | Path, state: dict | None = None, changes: dict | None = None) -> None:
+    """Load a ``last.pth`` written by :func:`save_state`; training continues at the next epoch.
+
+    ``state``/``changes`` come from :func:`check_resume` (called here when not given, refusing any
+    config change). Accepted changes are applied: the new lr, schedule and weight decay reach the
+    optimizer; a new optimizer kind starts from a fresh optimizer state.
+    """
+    if state is None:
+        state, changes = check_resume(t.cfg, path)
+    changes = changes or {}
     from cdkd.checkpoint import load_weights
 
     load_weights(t.bare_model, state["state_dict"])
-    t.optimizer.load_state_dict(state["optimizer"])
+    if "train.optimizer" not in changes:
+        t.optimizer.load_state_dict(state["optimizer"])
     t.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
     t.scaler.load_state_dict(state["scaler"])
     if t.distiller is not None and "distiller" in state:
         load_distiller_state(t.distiller, state, path)
+    _apply_changes(t, changes)
     t.start_epoch = int(state["epoch"]) + 1
     t.best = float(state.get("best", -math.inf))
     t.history = list(state.get("history", []))
@@ -410,42 +471,127 @@ def resume_state(t: Training, path: str | Path) -> None:
 
 def trim_records(run_dir: Path, start_epoch: int) -> None:
     """Drop the log rows of epochs at or after ``start_epoch``: a run killed mid-epoch logged part of
-    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``."""
+    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``.
+    A line cut short by a kill is dropped too; both files are replaced atomically."""
     steps = run_dir / "steps.csv"
     if steps.exists():
         with open(steps, newline="") as f:
             rows = list(csv.reader(f))
         if rows:
             col = rows[0].index("epoch")
-            kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[col])) < start_epoch]
-            with open(steps, "w", newline="") as f:
-                csv.writer(f).writerows(kept)
+            kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _number(r[col]) < start_epoch]
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            atomic_write_text(steps, text.getvalue())
     epochs = run_dir / "epochs.jsonl"
     if epochs.exists():
-        lines = [ln for ln in epochs.read_text().splitlines() if ln and json.loads(ln)["epoch"] < start_epoch]
-        epochs.write_text("".join(ln + "\n" for ln in lines))
+        lines = [ln for ln in epochs.read_text().splitlines() if _epoch_of(ln) < start_epoch]
+        atomic_write_text(epochs, "".join(ln + "\n" for ln in lines))
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return float(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where ``overwrite`` trains before replacing ``run_dir`` (a hidden sibling folder)."""
+    return run_dir.with_name(f".{run_dir.name}.overwrite")
+
+
+def _swap_in(staging: Path, run_dir: Path) -> None:
+    """Replace ``run_dir`` by the finished ``staging`` folder (two renames in the same parent)."""
+    old = run_dir.with_name(f".{run_dir.name}.replaced")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(run_dir, old)
+    os.replace(staging, run_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def check_device(cfg: Config) -> None:
+    """``train.device`` must exist on this machine (a ConfigError naming the key, before any work)."""
+    name = cfg.train.device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'train.device' is {name!r} but CUDA is not available here; "
+                          "use train.device=cpu or auto")
+
+
+def _write_skipped(t: Training) -> None:
+    """``skipped.json``: what ``data.on_bad: skip`` left out of each split, and the protocol filters."""
+    record = {split: {"count": len(ds.skipped), "skipped": list(ds.skipped), "filtered": dict(ds.filtered)}
+              for split, ds in (("train", t.train_set), ("val", t.val_set))}
+    atomic_write_text(t.run_dir / "skipped.json", json.dumps(record, indent=2))
+
+
+def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_change: bool):
+    """Decide, before anything is written, where :func:`fit` trains and from what.
+
+    Returns:
+        (the checkpoint to resume or None, its state, the accepted config changes, the folder to
+        train in: ``target``, or its staging sibling when ``overwrite`` replaces a run).
+    """
+    check_device(cfg)
+    if resume == "auto":
+        resume = target / "last.pth" if (target / "last.pth").exists() else None
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
+    if resume:
+        return (resume, *check_resume(cfg, resume, accept_config_change), target)
+    if not run_files(target):
+        return None, None, {}, target
+    if not overwrite:
+        raise RunFolderError(
+            f"run folder {target} already holds a run ({', '.join(run_files(target))}); pass --overwrite "
+            "to replace it once the new run has finished, --resume to continue it, or choose another --out")
+    staging = staging_dir(target)
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier --overwrite
+    return None, None, {}, staging
 
 
 def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
-        stop_after: int | None = None) -> Path:
+        stop_after: int | None = None, overwrite: bool = False, accept_config_change: bool = False) -> Path:
     """Train a run to the end (or continue it with ``resume``); returns the run folder.
 
     ``stop_after=N`` ends this call after N epochs (checkpoint written), e.g. to fit a cluster's
     job time limit; ``resume`` then continues exactly where it stopped.
 
+    A folder that already holds a run (``metrics.json``, ``best.pth``, ``last.pth`` or
+    ``epochs.jsonl``) is never written into by a new run: it raises :class:`RunFolderError` unless
+    ``overwrite``, and then the new run trains in a hidden sibling folder that replaces the old
+    one only once it has finished. ``resume`` refuses a changed config (naming the keys) unless
+    ``accept_config_change``; accepted changes are applied and recorded.
+
     Writes ``last.pth`` every epoch, ``best.pth`` on a better validation metric, ``epochs.jsonl``,
-    ``steps.csv``, TensorBoard events and the final ``metrics.json``.
+    ``steps.csv``, ``skipped.json``, TensorBoard events and the final ``metrics.json``.
     """
-    t = build_training(cfg, run_dir)
-    if resume == "auto":
-        resume = t.run_dir / "last.pth" if (t.run_dir / "last.pth").exists() else None
+    target = Path(run_dir) if run_dir else Path(cfg.train.out_dir) / run_name(cfg)
+    resume, state, changes, train_dir = _plan_run(cfg, target, resume, overwrite, accept_config_change)
+    try:
+        t = build_training(cfg, train_dir)
+        check_eval_data(t.val_set, cfg)
+    except BaseException:
+        if train_dir != target:  # the failed replacement leaves nothing behind; the old run is untouched
+            shutil.rmtree(train_dir, ignore_errors=True)
+        raise
     if resume:
-        resume_state(t, resume)
+        resume_state(t, resume, state, changes)
         if t.dist.is_main:
             trim_records(t.run_dir, t.start_epoch)
     elif t.dist.is_main:
         for stale in ("steps.csv", "epochs.jsonl", "metrics.json", "last.pth", "best.pth"):
             (t.run_dir / stale).unlink(missing_ok=True)  # a fresh run never mixes with an old one
+    if t.dist.is_main:
+        _write_skipped(t)
     recorder = Recorder(t.run_dir, enabled=t.dist.is_main)
     try:
         end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, t.start_epoch + stop_after)
@@ -464,22 +610,33 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                         save_checkpoint(t.run_dir / "best.pth", t.bare_model, config=config_to_dict(cfg),
                                         epoch=epoch, metrics=_scalars(metrics))
                 barrier(t.dist)
-            t.history.append({"epoch": epoch, **_scalars(record)})
+            row = _scalars(record)
+            if changes and epoch == t.start_epoch:
+                row["config_changes"] = changes  # accepted on resume: trained from here with the new values
+            t.history.append({"epoch": epoch, **row})
             if t.dist.is_main:
-                recorder.epoch(epoch, _scalars(record))
+                recorder.epoch(epoch, row)
                 save_state(t, epoch, t.run_dir / "last.pth")
                 summary = record.get("val", {}).get("main")
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
                            + (f", val {summary:.3f}" if summary is not None else ""))
         if t.dist.is_main and t.history and end == cfg.train.epochs:
             final = dict(t.history[-1].get("val", {}))
+            accepted = [{"epoch": h["epoch"], "changes": h["config_changes"]}
+                        for h in t.history if h.get("config_changes")]
+            _write_skipped(t)
             write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model,
-                          extra={"best": t.best, "last_epoch_train": t.history[-1].get("train", {})})
+                          extra={"best": t.best, "config_changes": accepted,
+                                 "last_epoch_train": t.history[-1].get("train", {}),
+                                 "persons_skipped": {"train": len(t.train_set.skipped),
+                                                     "val": len(t.val_set.skipped)}})
     finally:
         recorder.close()
         barrier(t.dist)
         cleanup(t.dist)
-    return t.run_dir
+    if train_dir != target and end == cfg.train.epochs and t.dist.is_main:
+        _swap_in(train_dir, target)
+    return target
 
 
 def _scalars(record: dict) -> dict:
