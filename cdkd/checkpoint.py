@@ -35,7 +35,7 @@ class CheckpointError(ValueError):
     """A checkpoint or state dict that cannot be used; the message names the file or the key."""
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap(model: nn.Module) -> nn.Module:
     """The bare model inside DataParallel/DDP (``.module``) or torch.compile (``._orig_mod``)."""
     while True:
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
@@ -77,7 +77,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Any = None, **ex
         The path written.
     """
     path = Path(path)
-    bare = _unwrap(model)
+    bare = unwrap(model)
     if not hasattr(bare, "settings"):
         raise TypeError(f"save_checkpoint needs a pose model with settings(); got {type(bare).__name__}")
     clash = sorted(set(extra) & set(_RESERVED))
@@ -240,7 +240,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: 
     """
     weights = {_strip_prefixes(k): v for k, v in state_dict.items()}
     own = model.state_dict()
-    name = type(_unwrap(model)).__name__
+    name = type(unwrap(model)).__name__
     for key, value in weights.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
             raise CheckpointError(

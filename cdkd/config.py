@@ -256,16 +256,20 @@ def dotted(values: dict[str, Any]) -> dict:
     return out
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple = (),
+def load_config(name_or_path: str | Path | dict | None = None, overrides: list[str] | tuple = (),
                 values: dict[str, Any] | None = None) -> Config:
     """Load a preset by name (``mpii_w32_64_distill``) or a YAML file, then apply values and overrides.
 
     Args:
-        name_or_path: preset name from :func:`list_presets`, a YAML path, or None for the defaults.
+        name_or_path: preset name from :func:`list_presets`, a YAML path, a config as a nested dict
+            (e.g. the one a checkpoint records), or None for the defaults.
         overrides: ``section.key=value`` strings (the command line's ``--set``), applied last, in order.
         values: ``{'section.key': value}`` set before the overrides (programmatic callers).
     """
     merged: dict = {}
+    if isinstance(name_or_path, dict):  # a recorded config (a checkpoint's, a metrics.json's)
+        merged = _merge({}, name_or_path)
+        name_or_path = None
     if name_or_path:
         path = Path(name_or_path)
         if not path.suffix:

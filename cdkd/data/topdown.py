@@ -284,9 +284,9 @@ def _resolve(path: str, root: Path) -> Path:
 def build_dataset(
     cfg,
     split: str,
-    input_size: Sequence[int],
-    split_ratio: float,
-    teacher_size: Sequence[int] | None = None,
+    input_size: Sequence[int] | None = None,
+    split_ratio: float | None = None,
+    teacher_size: Sequence[int] | None | str = "auto",
     train: bool | None = None,
 ) -> TopDownDataset:
     """The dataset a config describes (``cfg.data``), following the official folder layout.
@@ -299,9 +299,10 @@ def build_dataset(
     Args:
         cfg: a :class:`cdkd.config.Config`.
         split: ``'train'`` (``data.train_set``) or ``'val'`` (``data.val_set``).
-        input_size: (H, W) of the student crop.
-        split_ratio: SimCC k.
-        teacher_size: (H, W) of the teacher crop, or None.
+        input_size: (H, W) of the student crop; default ``model.input_size``.
+        split_ratio: SimCC k; default ``model.split_ratio``.
+        teacher_size: (H, W) of the teacher crop, or None; default ('auto'): ``teacher.input_size``
+            for the training split of a distill run, else None.
         train: augment; defaults to ``split == 'train'``.
 
     Returns:
@@ -316,6 +317,10 @@ def build_dataset(
         raise DataError(f"split must be 'train' or 'val'; got {split!r}")
     data = cfg.data
     train = split == "train" if train is None else bool(train)
+    input_size = tuple(cfg.model.input_size) if input_size is None else tuple(input_size)
+    split_ratio = cfg.model.split_ratio if split_ratio is None else split_ratio
+    if teacher_size == "auto":
+        teacher_size = tuple(cfg.teacher.input_size) if split == "train" and cfg.train.mode == "distill" else None
     set_name = data.train_set if split == "train" else data.val_set
     root = Path(data.root)
     if not root.is_dir():

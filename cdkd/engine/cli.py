@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from cdkd.config import ConfigError, config_from_dict, list_presets, load_config, parse_override, _merge, validate
+from cdkd.config import ConfigError, list_presets, load_config
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -76,21 +76,14 @@ def eval_main(argv: list[str]) -> int:
     from cdkd.engine.train import check_device
 
     state = load_checkpoint(args.checkpoint)
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    else:
-        values = state.get("config") or {}
-        for text in args.overrides:
-            values = _merge(values, parse_override(text))
-        cfg = config_from_dict(values)
-        validate(cfg)
+    cfg = load_config(args.config or state.get("config") or {}, args.overrides)
     check_device(cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
     check_writable(out.parent, "the folder of --out")  # before the evaluation, not after
     model = load_model(args.checkpoint)
     device = resolve_device(cfg.train.device)
     model.to(device)
-    dataset = build_dataset(cfg, "val", tuple(model.input_size), model.split_ratio, train=False)
+    dataset = build_dataset(cfg, "val", tuple(model.input_size), model.split_ratio)
     check_eval_data(dataset, cfg)
     metrics = evaluate(model, dataset, cfg, device, flip=args.flip)
     record = write_metrics(out, metrics, cfg, model, extra={"checkpoint": str(args.checkpoint),

@@ -42,6 +42,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch on one rank: epoch e of a run is the same whether the run went straight
+    through or was resumed at e, and each DDP rank draws its own augmentation."""
+    return seed * 100_003 + epoch + 7_919 * rank
+
+
 def git_state(path: Path | None = None) -> dict:
     """Commit and dirtiness of the repository holding the package (or ``path``)."""
     where = str(path or Path(__file__).resolve().parents[2])

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint
+from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, config_to_dict, run_name
 from cdkd.data.topdown import build_dataset
@@ -41,8 +41,8 @@ from cdkd.distill.etht import etht_param_group, set_etht_lr
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
 from cdkd.engine.recorder import Recorder
-from cdkd.engine.run import (atomic_write_text, config_changes, describe_changes, run_files, seed_everything,
-                             setup_run)
+from cdkd.engine.run import (atomic_write_text, config_changes, describe_changes, epoch_seed, run_files,
+                             seed_everything, setup_run)
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model
 
@@ -70,8 +70,7 @@ class Training:
     @property
     def bare_model(self) -> nn.Module:
         """The plain pose model under torch.compile / DistributedDataParallel wrappers."""
-        model = getattr(self.model, "_orig_mod", self.model)
-        return getattr(model, "module", model)
+        return unwrap(self.model)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -143,9 +142,8 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     dist = init_distributed(device)
     run_dir = setup_run(cfg, run_dir, write=dist.is_main)
     m = cfg.model
-    teacher_size = tuple(cfg.teacher.input_size) if cfg.train.mode == "distill" else None
-    train_set = build_dataset(cfg, "train", tuple(m.input_size), m.split_ratio, teacher_size=teacher_size, train=True)
-    val_set = build_dataset(cfg, "val", tuple(m.input_size), m.split_ratio, train=False)
+    train_set = build_dataset(cfg, "train")
+    val_set = build_dataset(cfg, "val")
     model = build_pose_model(
         m.arch, train_set.num_joints, tuple(m.input_size), m.split_ratio, pretrained=m.pretrained or None
     ).to(device)
@@ -596,7 +594,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
     try:
         end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, t.start_epoch + stop_after)
         for epoch in range(t.start_epoch, end):
-            seed_everything(cfg.train.seed * 100_003 + epoch + 7_919 * t.dist.rank, cfg.train.deterministic)
+            seed_everything(epoch_seed(cfg.train.seed, epoch, t.dist.rank), cfg.train.deterministic)
             means = train_one_epoch(t, epoch, recorder)
             t.scheduler.step()
             record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}
