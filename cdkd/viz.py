@@ -16,9 +16,11 @@ Gu et al.) and the SimCC representation it builds on (Li et al., ECCV 2022):
   weights w_k (Eq. 3-4), read from a run folder's ``steps.csv``.
 * :func:`plot_metric_bars` - our tables against the paper's numbers (Tables I-X). Notebook 04.
 
-Every plotting function builds a :class:`matplotlib.figure.Figure` without pyplot (so nothing is
-shown or kept in pyplot's global figure list), returns it, and saves it when ``save=path`` is given.
-In a notebook the returned figure is displayed as the cell's value.
+Every plotting function builds a :class:`NotebookFigure` (a :class:`matplotlib.figure.Figure`)
+without pyplot (so nothing is kept in pyplot's global figure list), returns it, and saves it when
+``save=path`` is given. In a notebook the returned figure is the cell's value and is shown inline as
+a PNG by any front end (JupyterLab, papermill, nbclient), with or without ``%matplotlib inline``: a
+figure made without pyplot has no inline backend behind it, so it renders itself (``_repr_png_``).
 
 Prediction records (used by :func:`plot_resolution_grid` and :mod:`cdkd.explorer`) are plain dicts
 that map a resolution name (``'student'``, ``'teacher'``) to a *view*::
@@ -33,6 +35,7 @@ Other keys of a record (``'image_id'``, ``'index'``) are carried along and shown
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -80,6 +83,19 @@ STUDENT_COLOR = "#ff7f0e"
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
+
+
+class NotebookFigure(Figure):
+    """A matplotlib Figure that displays itself inline as ``image/png`` in Jupyter.
+
+    IPython shows a pyplot-free Figure as the text ``<Figure size 900x700 with 4 Axes>`` unless an
+    inline backend registered a formatter for it; ``_repr_png_`` makes the image the default.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
 
 
 def _numpy(x: Any, name: str) -> np.ndarray:
@@ -400,7 +416,7 @@ def plot_paired_crops(
     else:
         j = joint_index(joint, names)
 
-    fig = Figure(figsize=(9, 7), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 7), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 1.2))
     ax_t, ax_s = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     scaled = joints.copy()
@@ -504,7 +520,7 @@ def plot_simcc_distributions(
     k = float(split_ratio) if split_ratio else 1.0
     unit = "input pixel (teacher frame)" if split_ratio else "teacher class index"
 
-    fig = Figure(figsize=(11, 3.2 * len(rows)), layout="constrained")
+    fig = NotebookFigure(figsize=(11, 3.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False, sharex="row")
     for r, (axis, t_logits, s_logits) in enumerate(rows):
         zt = _numpy(t_logits, f"teacher_{axis}_logits").reshape(-1)  # [C_t]
@@ -587,7 +603,7 @@ def plot_predictions(
     names = joint_names(dataset_name, num)
     edges = skeleton_for(dataset_name, num)
     if ax is None:
-        fig = Figure(figsize=(4, 4), layout="constrained")
+        fig = NotebookFigure(figsize=(4, 4), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -637,7 +653,7 @@ def plot_image_predictions(
         raise ValueError(f"keypoints must be [N, J, 2], got {kpts.shape}")
     conf = np.ones(kpts.shape[:2]) if scores is None else _numpy(scores, "scores")
     rgb = as_rgb(image)
-    fig = Figure(figsize=(7, 7 * rgb.shape[0] / max(rgb.shape[1], 1)), layout="constrained")
+    fig = NotebookFigure(figsize=(7, 7 * rgb.shape[0] / max(rgb.shape[1], 1)), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(rgb)
     edges = skeleton_for(dataset_name, kpts.shape[1])
@@ -678,7 +694,7 @@ def plot_resolution_grid(
     """
     if not records:
         raise ValueError("plot_resolution_grid needs at least one record")
-    fig = Figure(figsize=(2.4 * len(records), 2.6 * len(resolutions)), layout="constrained")
+    fig = NotebookFigure(figsize=(2.4 * len(records), 2.6 * len(resolutions)), layout="constrained")
     axes = fig.subplots(len(resolutions), len(records), squeeze=False)
     for c, record in enumerate(records):
         for r, res in enumerate(resolutions):
@@ -794,7 +810,7 @@ def plot_training_curves(
     """
     runs = _runs(run_dirs)
     records = {label: read_steps(path) for label, path in runs.items()}
-    fig = Figure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     for ax, key in zip(axes, keys):
         plotted = 0
@@ -827,7 +843,7 @@ def plot_temperature(run_dir: str | Path, save: str | Path | None = None) -> Fig
         Figure with 2 axes (tau, xi); a missing column leaves a note in its axis.
     """
     steps = read_steps(run_dir)
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 3.2), layout="constrained")
     axes = fig.subplots(1, 2)
     labels = {"tau": "temperature tau (Eq. 7, learned by ETHT)", "xi": "reversal weight xi (Eq. 12)"}
     for ax, key in zip(axes, ("tau", "xi")):
@@ -860,7 +876,7 @@ def plot_sau_weights(run_dir: str | Path, save: str | Path | None = None) -> Fig
     """
     steps = read_steps(run_dir)
     columns = sau_columns(steps)
-    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     ax.set_title("SAU weights w_k over the projectors (Eq. 3-4)", fontsize=10)
     ax.set_xlabel("step")
@@ -926,7 +942,7 @@ def plot_metric_bars(
         columns = list(dict.fromkeys(c for row in table.values() for c in row))
     labels = list(table)
     width = 0.8 / len(labels)
-    fig = Figure(figsize=(max(5.0, 1.3 * len(columns) * max(1, len(labels)) ** 0.5 + 2), 3.8), layout="constrained")
+    fig = NotebookFigure(figsize=(max(5.0, 1.3 * len(columns) * max(1, len(labels)) ** 0.5 + 2), 3.8), layout="constrained")
     ax = fig.add_subplot()
     shown: list[float] = []
     ref_x, ref_y = [], []

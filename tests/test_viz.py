@@ -342,20 +342,51 @@ def test_explorer_render_static_and_widget(rng, tmp_path):
     # merged bins drawn in student pixels: teacher class j*m at (j*m - 0.5)/k, divided by the scale 4
     np.testing.assert_allclose([p.get_x() for p in bars], (np.arange(32) * 4 - 0.5) / 2 / 4)
     teacher_fig = explorer.render_static(0, 0, "teacher")
-    assert len(teacher_fig.axes) == 3 and not teacher_fig.axes[1].containers
+    assert len(teacher_fig.axes) == 3
+    # the teacher view merges the teacher's own bins for the student's class count (m = 128 / 32 = 4)
+    teacher_bars = next(c for c in teacher_fig.axes[1].containers if isinstance(c, BarContainer))
+    np.testing.assert_allclose([p.get_height() for p in teacher_bars],
+                               explicit_merge(softmax(records[0]["teacher"]["x_logits"][0], 2.0), 4), rtol=1e-6)
+    assert teacher_fig.axes[0].get_title().startswith("sample 0")
+    assert fig.axes[0].get_title().startswith("sample 1")
+    # a student of another resolution under the same teacher: other merged bins (m = 2)
+    wide = [dict(r, student=dict(r["student"], x_logits=rng.normal(size=(16, 64)), y_logits=rng.normal(size=(16, 64))))
+            for r in records]
+    wide_fig = PredictionExplorer(wide, "mpii", tau=2.0).render_static(0, 0, "teacher")
+    wide_bars = next(c for c in wide_fig.axes[1].containers if isinstance(c, BarContainer))
+    assert len(wide_bars) == 64 and len(teacher_bars) == 32
     with pytest.raises(ValueError, match="resolution"):
         explorer.render_static(0, 0, "medium")
     with pytest.raises(ValueError, match="unknown joint name"):
         explorer.render_static(0, "tail", "student")
 
-    pytest.importorskip("ipywidgets")
-    box = explore(explorer)
-    first = explorer.figure
-    assert isinstance(first, Figure)
-    slider = box.children[0].children[0]
-    assert slider.max == 1
-    slider.value = 1
-    assert explorer.figure is not first
+
+def test_figures_render_inline_as_png(rng):
+    """IPython shows a pyplot-free figure as an image, not as '<Figure size ...>' text."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    fig = PredictionExplorer(make_records(rng, n=1), "mpii").render_static(0, 0, "student")
+    data, _ = InteractiveShell.instance().display_formatter.format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n" or data["image/png"].startswith("iVBOR")
+    assert len(data["image/png"]) > 5000
+
+
+def test_explorer_widget_follows_every_control(rng):
+    import ipywidgets  # noqa: F401  (a declared dependency: fail, do not skip, without it)
+    records = make_records(rng, n=2)
+    explorer = PredictionExplorer(records, "mpii", tau=2.0)
+    box = explore(explorer, joint="l_wrist")
+    assert explorer.controls["joint"].value == viz.MPII_JOINTS.index("l_wrist")
+    assert "'l_wrist'" in explorer.figure._suptitle.get_text()
+    seen = [explorer.output.outputs[0]["data"]["image/png"]]
+    for name, value in (("sample", 1), ("joint", 3), ("resolution", "teacher"), ("tau", 5.0)):
+        explorer.controls[name].value = value
+        assert len(explorer.output.outputs) == 1
+        seen.append(explorer.output.outputs[0]["data"]["image/png"])
+        assert seen[-1] != seen[-2], f"the image did not change with '{name}'"
+    title = explorer.figure._suptitle.get_text()
+    assert title.startswith("sample 1") and f"'{viz.MPII_JOINTS[3]}'" in title and "teacher" in title
+    assert box.children[0].children[0] is explorer.controls["sample"]
     assert explore(records, "mpii").children
 
 
