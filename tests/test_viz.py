@@ -265,6 +265,52 @@ def test_training_curves_handle_missing_columns(tmp_path):
     assert by_name.axes[0].get_legend().get_texts()[0].get_text() == "distill"
 
 
+def test_training_curves_validation_panel(tmp_path):
+    import json
+
+    run = tmp_path / "teacher"
+    run.mkdir()
+    write_steps(run / "steps.csv", ["step", "epoch", "task", "loss"], [[0, 0, 2.0, 2.0], [10, 1, 1.0, 1.0]])
+    rows = [{"epoch": 0, "train": {"task": 2.0}}, {"epoch": 1, "train": {"task": 1.5}, "val": {"Mean": 40.0}},
+            {"epoch": 2, "train": {"task": 1.0}, "val": {"Mean": 55.5}}]
+    (run / "epochs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fig = viz.plot_training_curves({"teacher": run}, keys=("task",), val_metric="Mean")
+    ax_task, ax_val = fig.axes
+    np.testing.assert_allclose(ax_task.lines[0].get_ydata(), [2.0, 1.0])
+    np.testing.assert_allclose(ax_val.lines[0].get_xdata(), [2, 3])  # epochs counted from 1
+    np.testing.assert_allclose(ax_val.lines[0].get_ydata(), [40.0, 55.5])
+    missing = viz.plot_training_curves({"teacher": run}, keys=("task",), val_metric="AP")
+    assert not missing.axes[1].lines and "no validated epoch" in missing.axes[1].texts[0].get_text()
+
+
+def test_people_on_image_and_zoomed_predictions(rng):
+    joints = np.zeros((2, 16, 3))
+    joints[0, :, :2] = rng.uniform(100, 130, (16, 2))
+    joints[1, :, :2] = rng.uniform(300, 340, (16, 2))
+    joints[..., 2] = 1.0
+    joints[1, 0, 2] = 0.0  # unlabelled: not part of the box
+    joints[1, 0, :2] = 790
+    records = [SimpleNamespace(image="a.png", joints=joints[0]), SimpleNamespace(image="b.png", joints=joints[0]),
+               SimpleNamespace(image="a.png", joints=joints[1])]
+    path, boxes, gt = viz.people_on_image(records, 2, pad=0.0)
+    assert path.name == "a.png" and boxes.shape == (2, 4) and gt.shape == (2, 16, 3)
+    seen = joints[1, 1:, :2]
+    np.testing.assert_allclose(boxes[1], [*seen.min(0), *(seen.max(0) - seen.min(0))])
+    image = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    pred = gt[..., :2] + 2.0
+    fig = viz.plot_image_predictions(image, pred, None, boxes, "mpii", gt=gt)
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    assert x0 > 20 and x1 - x0 < 400  # zoomed to the two persons (x 100..340), not the 800-px image
+    limbs = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(limbs) == 4  # skeleton of prediction and ground truth, per person
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ground truth", "prediction"]
+    whole = viz.plot_image_predictions(image, pred, None, boxes, "mpii", zoom=False)
+    assert whole.axes[0].get_xlim() == (0.0, 800.0)
+    with pytest.raises(ValueError, match="gt must be"):
+        viz.plot_image_predictions(image, pred, gt=gt[:, :3])
+
+
 def test_read_steps_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="steps.csv"):
         viz.read_steps(tmp_path)
@@ -314,11 +360,21 @@ def test_plot_metric_bars_with_reference(tmp_path):
     assert len(bars) == 3 and all(len(b) == 2 for b in bars)
     np.testing.assert_allclose([p.get_height() for p in bars[1]], [79.0, 31.0])
     assert np.isnan(bars[2][1].get_height())  # missing column leaves a gap
-    markers = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label() == "paper"]
+    markers = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label().startswith("paper")]
     assert len(markers) == 1
     np.testing.assert_allclose(sorted(markers[0].get_offsets()[:, 1]), [32.0, 78.340, 79.362])
-    assert len(ax.texts) == 5  # one annotation per finite bar
+    ours = [t for t in ax.texts if t.get_fontstyle() != "italic"]
+    papers = [t for t in ax.texts if t.get_fontstyle() == "italic"]
+    assert len(ours) == 5 and len(papers) == 3  # one per finite bar, one per marker
+    # our numbers sit inside their bars (below the bar top), never above a paper marker
+    for text in ours:
+        value = float(text.get_text())
+        assert text.xy[1] == value and text.get_va() == "top"
+    assert sorted(float(t.get_text()) for t in papers) == [32.0, 78.34, 79.36]
+    assert ax.get_ylim()[0] == 0  # bar heights proportional to the values by default
+    assert "std over seeds" in ax.get_xlabel()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Mean", "Mean@0.1"]
+    assert viz.plot_metric_bars(table, zoom=True).axes[0].get_ylim()[0] > 10  # zoom: truncated on request only
     with pytest.raises(ValueError, match=r"table\['x'\]\['Mean'\]"):
         viz.plot_metric_bars({"x": {"Mean": "high"}})
 
