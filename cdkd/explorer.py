@@ -15,6 +15,8 @@ Data are plain prediction records (see :mod:`cdkd.viz`): for each person a dict 
 
 from __future__ import annotations
 
+import base64
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -266,7 +268,7 @@ class PredictionExplorer:
 
         The figure is put into an ``ipywidgets.Output`` as PNG display data (its ``outputs`` trait),
         so it renders in JupyterLab and is readable from the kernel: after each change of a control,
-        ``self.output.outputs[0]['data']['image/png']`` holds the new image and ``self.figure`` the
+        ``self.output.outputs[0]['data']['image/png']`` holds the new image (base64 PNG) and ``self.figure`` the
         new Figure.
 
         Args:
@@ -304,6 +306,8 @@ class PredictionExplorer:
             fig = self.render_static(controls["sample"].value, controls["joint"].value, controls["resolution"].value)
             self.figure = fig
             data, metadata = formatter.format(fig, include=("image/png", "text/plain"))
+            if isinstance(data.get("image/png"), bytes):  # as notebooks store it: base64 text
+                data["image/png"] = base64.b64encode(data["image/png"]).decode("ascii")
             out.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
 
         for control in controls.values():

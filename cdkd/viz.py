@@ -682,7 +682,7 @@ def plot_image_predictions(
         score_thr: confidence threshold for drawing a joint.
         title: axis title.
         gt: optional [N, J, 3] ground truth (x, y, visibility) in image pixels.
-        zoom: crop the view to the boxes (or keypoints), padded by a quarter of their size.
+        zoom: crop the view to the boxes and the drawn keypoints, padded by a quarter of their size.
         save: optional output path.
 
     Returns:
@@ -698,10 +698,11 @@ def plot_image_predictions(
     rgb = as_rgb(image)
     frame = np.array([0.0, 0.0, rgb.shape[1], rgb.shape[0]])  # x0, y0, x1, y1
     if zoom:
-        corners = [kpts[np.isfinite(kpts).all(-1)]]
+        shown_kpts = kpts[np.isfinite(kpts).all(-1) & (conf > score_thr)]  # [M, 2]
+        corners = [shown_kpts.reshape(-1, 2)]
         if boxes is not None:
             box = _numpy(boxes, "boxes").reshape(-1, 4)
-            corners = [box[:, :2], box[:, :2] + box[:, 2:]]
+            corners += [box[:, :2], box[:, :2] + box[:, 2:]]
         pts = np.concatenate(corners)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         margin = 0.25 * max(*(hi - lo), 8.0)
@@ -925,6 +926,8 @@ def plot_training_curves(
         for label, path in runs.items():
             rows = [r for r in read_epochs(path) if val_metric in r.get("val", {})]
             if rows:
+                metric = rows[-1]["val"].get("protocol", {}).get("metric", val_metric)
+                ax.set_title(f"validation {metric if val_metric == 'main' else val_metric}", fontsize=10)
                 ax.plot([r["epoch"] + 1 for r in rows], [r["val"][val_metric] for r in rows], marker="o", label=label)
                 plotted += 1
         if plotted:

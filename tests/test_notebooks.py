@@ -51,19 +51,98 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     assert not errors
 
 
+def figure_cells(nb) -> list:
+    """Code cells whose last line makes a figure from the package (a ``viz.plot_*`` or ``render_static`` call)."""
+    out = []
+    for cell in nb.cells:
+        last = cell.source.strip().splitlines()[-1] if cell.cell_type == "code" and cell.source.strip() else ""
+        if last.startswith(("viz.plot_", "explorer.render_static")):
+            out.append(cell)
+    return out
+
+
+def png_outputs(cell) -> list[str]:
+    return [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+
+
+def test_figure_cells_are_found():
+    """The selector above must see the figure cells of every figure-making notebook."""
+    counts = {name: len(figure_cells(nbformat.read(NOTEBOOK_DIR / name, as_version=4))) for name in NOTEBOOKS}
+    assert counts["01_data.ipynb"] == 2 and counts["05_visualize.ipynb"] == 6 and counts["04_evaluate.ipynb"] == 1
+
+
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_distill_notebook_runs_alone_on_a_fresh_machine(tmp_path, monkeypatch):
-    """`papermill notebooks/03_distill.ipynb out.ipynb -p res 32` needs nothing prepared beforehand."""
+def test_user_command_in_notebooks_folder_writes_only_git_ignored_root_folders(tmp_path, monkeypatch):
+    """JupyterLab runs the kernel in notebooks/: the defaults still resolve against the repository root,
+    go to runs/<preset> (git-ignored), create nothing in notebooks/ and never touch results/."""
+    import shutil
+
     import papermill
 
+    clone = tmp_path / "clone"
+    (clone / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOK_DIR.parent / "pyproject.toml", clone / "pyproject.toml")
+    shutil.copy(NOTEBOOK_DIR / "03_distill.ipynb", clone / "notebooks" / "03_distill.ipynb")
+    monkeypatch.delenv("CDKD_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    papermill.execute_notebook(str(NOTEBOOK_DIR / "03_distill.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={"preset": "tiny", "res": 32, "data_root": "data/synth", "out_dir": "results",
-                                           "n_train": 30, "n_val": 20, "variants": "baseline,cdkd-paper"},
-                               cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
-    assert (tmp_path / "data/synth/mpii/annot/gt_valid.mat").exists()
-    assert (tmp_path / "results/runs/teacher/best.pth").exists()
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(clone / "notebooks" / "03_distill.ipynb"), str(out),
+                               parameters={"preset": "tiny", "res": 32, "n_train": 30, "n_val": 20,
+                                           "variants": "baseline,cdkd-paper"},
+                               cwd=str(clone / "notebooks"), progress_bar=False, kernel_name="python3")
+    assert sorted(p.name for p in (clone / "notebooks").iterdir()) == ["03_distill.ipynb"]
+    assert sorted(p.name for p in clone.iterdir()) == ["data", "notebooks", "pyproject.toml", "runs"]
+    assert (clone / "data/synth/mpii/annot/gt_valid.mat").exists()
+    assert (clone / "runs/tiny/runs/teacher/best.pth").exists()
     for variant in ("baseline", "cdkd-paper"):
-        assert (tmp_path / f"results/runs/r32_s0_{variant}/metrics.json").exists()
-    assert (tmp_path / "results/figures/03_curves_r32_s0.png").exists()
+        assert (clone / f"runs/tiny/runs/r32_s0_{variant}/metrics.json").exists()
+    assert (clone / "runs/tiny/figures/03_curves_r32_s0.png").exists()
+    nb = nbformat.read(out, as_version=4)
+    cells = figure_cells(nb)
+    assert len(cells) == 2 and all(png_outputs(c) for c in cells), "every figure is shown inline as PNG"
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert str(clone) not in text, "cell outputs carry no absolute paths of this machine"
+    assert "runs/tiny/runs/teacher" in text
+
+
+EXPLORER_CELLS = [
+    """from tests.test_viz import make_records
+import numpy as np
+from cdkd.explorer import PredictionExplorer
+
+explorer = PredictionExplorer(make_records(np.random.default_rng(0), n=3), "mpii")
+explorer.widget(joint="l_wrist")""",
+    """import hashlib, json
+
+def digest():
+    outputs = explorer.output.outputs
+    return [len(outputs), hashlib.sha1(outputs[0]["data"]["image/png"].encode()).hexdigest(),
+            explorer.figure._suptitle.get_text()]
+
+seen = [["start", *digest()]]
+for name, value in (("sample", 2), ("joint", 0), ("resolution", "teacher"), ("tau", 4.0), ("sample", 1)):
+    explorer.controls[name].value = value
+    seen.append([name, *digest()])
+print(json.dumps(seen))""",
+]
+
+
+@pytest.mark.notebook
+def test_explorer_controls_redraw_in_a_kernel(tmp_path):
+    """In a real kernel, each change of a control puts a new PNG into the explorer's output widget."""
+    import json
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in EXPLORER_CELLS])
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(NOTEBOOK_DIR.parent)}}).execute()
+    shown = nb.cells[0].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    seen = json.loads(nb.cells[1].outputs[0]["text"])
+    assert [s[1] for s in seen] == [1] * 6, "one image in the output at a time"
+    digests = [s[2] for s in seen]
+    assert len(set(digests)) == len(digests), f"an image did not change: {seen}"
+    assert "'l_wrist'" in seen[0][3] and seen[-1][3].startswith("sample 1") and "teacher" in seen[-1][3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 from types import SimpleNamespace
 
@@ -298,7 +299,7 @@ def test_people_on_image_and_zoomed_predictions(rng):
     np.testing.assert_allclose(boxes[1], [*seen.min(0), *(seen.max(0) - seen.min(0))])
     image = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
     pred = gt[..., :2] + 2.0
-    fig = viz.plot_image_predictions(image, pred, None, boxes, "mpii", gt=gt)
+    fig = viz.plot_image_predictions(image, pred, gt[..., 2], boxes, "mpii", gt=gt)  # joint at x=792 hidden
     ax = fig.axes[0]
     x0, x1 = ax.get_xlim()
     assert x0 > 20 and x1 - x0 < 400  # zoomed to the two persons (x 100..340), not the 800-px image
@@ -435,6 +436,7 @@ def test_explorer_widget_follows_every_control(rng):
     assert explorer.controls["joint"].value == viz.MPII_JOINTS.index("l_wrist")
     assert "'l_wrist'" in explorer.figure._suptitle.get_text()
     seen = [explorer.output.outputs[0]["data"]["image/png"]]
+    assert base64.b64decode(seen[0])[:4] == b"\x89PNG"
     for name, value in (("sample", 1), ("joint", 3), ("resolution", "teacher"), ("tau", 5.0)):
         explorer.controls[name].value = value
         assert len(explorer.output.outputs) == 1
