@@ -146,3 +146,39 @@ def test_explorer_controls_redraw_in_a_kernel(tmp_path):
     digests = [s[2] for s in seen]
     assert len(set(digests)) == len(digests), f"an image did not change: {seen}"
     assert "'l_wrist'" in seen[0][3] and seen[-1][3].startswith("sample 1") and "teacher" in seen[-1][3]
+
+
+def cell_value(cell):
+    """The Python value of a cell's displayed result (the notebooks show dicts of plain numbers)."""
+    import ast
+
+    result = next(o for o in cell.outputs if o.get("output_type") == "execute_result")
+    return ast.literal_eval(result["data"]["text/plain"])
+
+
+@pytest.mark.notebook
+def test_method_walkthrough_checks_the_equations(tmp_path):
+    """Notebook 07 on one real batch: Eq. 6 sums to one, Eq. 4 is the weighted sum, Eq. 8 adds up, the
+    reversal layer multiplies the gradient by -xi, and its figure is shown inline."""
+    import math
+
+    import papermill
+
+    out = tmp_path / "07.ipynb"
+    before = sorted(NOTEBOOK_DIR.iterdir())
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "07_method.ipynb"), str(out),
+                               parameters={"data_root": str(tmp_path / "data"), "n_train": 12, "n_val": 8},
+                               cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(out, as_version=4)
+    by_source = {c.source.splitlines()[0]: c for c in nb.cells if c.cell_type == "code" and c.source}
+    merge = cell_value(by_source["from cdkd.distill import cca"])
+    assert merge["m"] == 4 and merge["merged"] == (4, 16, 64)
+    assert all(abs(v - 1) < 1e-5 for v in merge["merged sums (min, max)"])
+    ensemble = cell_value(next(c for k, c in by_source.items() if k.startswith("projected =")))
+    assert ensemble["F_out"] == ensemble["F^t"] == (4, 16, 32, 32) and ensemble["F_out == sum_k w_k P_k"] is True
+    total = cell_value(next(c for k, c in by_source.items() if k.startswith('{"L_total"')))
+    assert math.isclose(total["L_total"], total["L_ori + alpha L_fea + beta L_logit"], rel_tol=1e-6)
+    reversal = cell_value(by_source["xi = etht.xi_schedule(3, 10)"])
+    assert math.isclose(reversal["ratio (= -xi)"], -reversal["xi"], rel_tol=1e-4) and reversal["xi"] > 0
+    assert png_outputs(by_source["from cdkd import viz"])
+    assert sorted(NOTEBOOK_DIR.iterdir()) == before, "the kernel ran in notebooks/ and created nothing there"
