@@ -49,6 +49,15 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     nb = nbformat.read(out / "04_evaluate.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+    for name in sorted(executed):
+        nb = nbformat.read(out / name, as_version=4)
+        cells = figure_cells(nb)
+        missing = [c.source.splitlines()[-1][:60] for c in cells if not png_outputs(c)]
+        assert not missing, f"{name}: figure cells without an inline image/png: {missing}"
+        assert str(NOTEBOOK_DIR.parent) not in (out / name).read_text(), f"{name} carries the repository's absolute path"
+    assert len(figure_cells(nbformat.read(out / "05_visualize_r32.ipynb", as_version=4))) == 6
+    # the teacher's bins merged for each student: different figures at 32x32 and 64x64
+    assert (out / "figures/05_teacher_joint_r32.png").read_bytes() != (out / "figures/05_teacher_joint_r64.png").read_bytes()
 
 
 def figure_cells(nb) -> list:
