@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-KernelStatus", timeout=120_000)
             page.wait_for_timeout(3000)
+            no_news = page.get_by_role("button", name="No", exact=True)
+            if no_news.count():  # JupyterLab's "notified about news?" toast covers part of the output
+                no_news.first.click()
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_text("Run All Cells", exact=True).click()
             page.wait_for_selector(".widget-vbox .jp-OutputArea-output img", timeout=args.timeout * 1000)
