@@ -18,6 +18,7 @@ saves, so they stay at 0 % in the executed notebook and print nothing to ``--log
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -105,11 +106,12 @@ class LineProgress(_std_tqdm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         kwargs.setdefault("mininterval", float(os.environ.get("CDKD_PROGRESS_SECONDS", 30)))
-        kwargs["file"] = kwargs.get("file") or sys.stdout
+        self._lines = kwargs.get("file") or sys.stdout  # where our lines go
+        kwargs["file"] = io.StringIO()  # tqdm's own redraws and newlines go nowhere
         kwargs["dynamic_ncols"] = False
         kwargs["ncols"] = 0  # no bar graphic: counts, rate, elapsed, postfix
         kwargs["ascii"] = True
-        self._last_line = 0.0
+        self._last_line, self._last_n = 0.0, -1
         super().__init__(*args, **kwargs)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> bool:
@@ -117,11 +119,14 @@ class LineProgress(_std_tqdm):
             return True
         text = msg if msg is not None else self.__str__()
         now = time.monotonic()
-        if self.n and self.total and self.n < self.total and now - self._last_line < self.mininterval:
-            return True
-        self._last_line = now
-        self.fp.write(text.strip() + "\n")
-        self.fp.flush()
+        if self.n == self._last_n or (self.n and self.total and self.n < self.total
+                                      and now - self._last_line < self.mininterval):
+            return True  # nothing new, or too soon: the end of a run is always printed
+        self._last_line, self._last_n = now, self.n
+        self._lines.write(text.strip() + "\n")
+        self._lines.flush()
+        self.fp.seek(0)
+        self.fp.truncate()
         return True
 
 
