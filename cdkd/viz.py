@@ -846,6 +846,10 @@ def _series(steps: dict[str, np.ndarray], key: str, x: str = "step") -> tuple[np
     return xs[ok], y[ok]
 
 
+CURVE_TITLES = {"task": "task loss L_ori", "feature": "feature loss L_fea (Eq. 5)",
+                "logit": "logit loss L_logit (Eq. 7)", "loss": "total loss (Eq. 8)"}
+
+
 def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
     """A run's ``epochs.jsonl``: one dict per finished epoch ('epoch', 'train', 'lr', 'val' when validated).
 
@@ -910,7 +914,7 @@ def plot_training_curves(
             xs, ys = series
             ax.plot(xs, _smooth(ys, smooth), label=label, linewidth=1.2)
             plotted += 1
-        ax.set_title(key, fontsize=10)
+        ax.set_title(CURVE_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("step")
         if plotted:
             if logy:
@@ -1028,7 +1032,8 @@ def plot_metric_bars(
     setting, e.g. 'SimCC 64x64', 'CDKD 64x64'); a black diamond marks the paper's value for the
     same (label, column) where ``reference`` has one (Tables I-X), with the value written beside it
     in italics. Our means are written inside the bars, so a number never sits above a paper marker
-    and reads as the paper's. The caption under the axis says what the error bars are and what the
+    and reads as the paper's (a bar too short to hold its number gets it above, in its own
+    colour, upright). The caption under the axis says what the error bars are and what the
     markers are. Reference entries without a bar are not drawn.
 
     Args:
@@ -1058,6 +1063,7 @@ def plot_metric_bars(
     ax = fig.add_subplot()
     shown: list[float] = []
     ref_x, ref_y = [], []
+    bars: list[tuple] = []  # (x, means, errors, colour) per label, annotated once the axis range is known
     positions = np.arange(len(columns))
     for i, label in enumerate(labels):
         means, stds = [], []
@@ -1073,10 +1079,7 @@ def plot_metric_bars(
         ax.bar(xs, means, width=width * 0.92, yerr=errs, capsize=3, label=label, error_kw={"linewidth": 1})
         shown += [v + e for v, e in zip(means, errs) if np.isfinite(v)]
         if annotate:
-            for x, mean in zip(xs, means):
-                if np.isfinite(mean):
-                    ax.annotate(f"{mean:.2f}", (x, mean), textcoords="offset points", xytext=(0, -4), ha="center",
-                                va="top", fontsize=7, color="white", fontweight="bold", rotation=90)
+            bars.append((xs, means, errs, ax.containers[-1].patches[0].get_facecolor()))
         if reference and label in reference:
             for x, col, mean in zip(xs, columns, means):
                 if col in reference[label] and np.isfinite(mean):
@@ -1092,7 +1095,7 @@ def plot_metric_bars(
     ax.set_xticks(positions, list(columns))
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    caption = "bars: our mean (written inside); " + spread_label
+    caption = "bars: our mean (written in the bar); " + spread_label
     if ref_x:
         caption += f"; \u25c6 {reference_label}, value in italics"
     ax.set_xlabel(caption, fontsize=8)
@@ -1104,4 +1107,15 @@ def plot_metric_bars(
             ax.set_ylim(max(0.0, lo - 2 * pad), hi + 1.5 * pad)
         else:
             ax.set_ylim(0, hi * 1.08)
+    lo, hi = ax.get_ylim()
+    for xs, means, errs, colour in bars:
+        for x, mean, err in zip(xs, means, errs):
+            if not np.isfinite(mean):
+                continue
+            if mean - lo > 0.2 * (hi - lo):  # inside a tall bar, at its base (clear of the error bar), white
+                ax.annotate(f"{mean:.2f}", (x, lo + 0.03 * (hi - lo)), ha="center", va="bottom", fontsize=8,
+                            color="white", fontweight="bold", rotation=90)
+            else:  # a short bar: above its error bar, in the bar's colour
+                ax.annotate(f"{mean:.2f}", (x, mean + err), textcoords="offset points", xytext=(0, 3), ha="center",
+                            va="bottom", fontsize=7, color=colour, fontweight="bold", rotation=90)
     return finish_figure(fig, save)

@@ -368,9 +368,14 @@ def test_plot_metric_bars_with_reference(tmp_path):
     papers = [t for t in ax.texts if t.get_fontstyle() == "italic"]
     assert len(ours) == 5 and len(papers) == 3  # one per finite bar, one per marker
     # our numbers sit inside their bars (below the bar top), never above a paper marker
-    for text in ours:
-        value = float(text.get_text())
-        assert text.xy[1] == value and text.get_va() == "top"
+    for text, bar in zip(ours, [p for b in bars for p in b if np.isfinite(p.get_height())]):
+        # inside the tall bars (the axis starts at 0): white, at the bar's base, on the bar's x
+        assert float(text.get_text()) == round(bar.get_height(), 2)
+        assert 0 < text.xy[1] < bar.get_height() and text.get_color() == "white"
+        assert text.xy[0] == pytest.approx(bar.get_x() + bar.get_width() / 2)
+    short = viz.plot_metric_bars({"a": {"Mean": (5.0, 1.0)}, "b": {"Mean": (80.0, 2.0)}}, reference={"a": {"Mean": 60.0}})
+    low = next(t for t in short.axes[0].texts if t.get_text() == "5.00")
+    assert low.xy[1] == 6.0 and low.get_va() == "bottom"  # above the error bar of a short bar
     assert sorted(float(t.get_text()) for t in papers) == [32.0, 78.34, 79.36]
     assert ax.get_ylim()[0] == 0  # bar heights proportional to the values by default
     assert "std over seeds" in ax.get_xlabel()
