@@ -122,25 +122,38 @@ class LineProgress(_std_tqdm):
         if self.n == self._last_n or (self.n and self.total and self.n < self.total
                                       and now - self._last_line < self.mininterval):
             return True  # nothing new, or too soon: the end of a run is always printed
+        self._emit(text, now)
+        return True
+
+    def _emit(self, text: str, now: float) -> None:
         self._last_line, self._last_n = now, self.n
         self._lines.write(text.strip() + "\n")
         self._lines.flush()
         self.fp.seek(0)
         self.fp.truncate()
-        return True
+
+    def close(self) -> None:
+        """Print the final state (tqdm's ``leave=False`` would only clear the bar), then close."""
+        if not self.disable and self.n != self._last_n:
+            self._emit(self.__str__(), time.monotonic())
+        super().close()
 
 
 def log_progress(seconds: float = 30.0) -> type:
-    """Make training (``cdkd.engine.train``) report progress as a line every ``seconds``.
+    """Make training and evaluation (``cdkd.engine``) report progress as a line every ``seconds``.
 
     A stopgap until the engine takes its progress class as an option: it replaces the ``tqdm`` name
-    the training module uses, in this process only.
+    the training and evaluation modules use, in this process only. Besides readable logs, this
+    avoids tqdm's notebook widget bar inside the training loop, which in a Jupyter kernel left
+    "AssertionError: can only test a child process" on stderr when DataLoader workers were forked.
 
     Returns:
         The progress class now in use.
     """
+    import cdkd.engine.evaluate as evaluate
     import cdkd.engine.train as train
 
     os.environ["CDKD_PROGRESS_SECONDS"] = str(seconds)
     train.tqdm = LineProgress
+    evaluate.tqdm = LineProgress
     return LineProgress

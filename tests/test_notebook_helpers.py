@@ -67,11 +67,18 @@ def test_line_progress_prints_throttled_plain_lines():
         bar.update(1)
     bar.close()
     assert [line.split("/")[0][-1] for line in quick.getvalue().splitlines()] == ["0", "1", "2", "3"]
+    transient = io.StringIO()  # the engine's bars use leave=False: the last state is still printed
+    bar = notebook.LineProgress(total=10, file=transient, mininterval=1000, leave=False)
+    bar.update(10)
+    bar.close()
+    assert [line.split(" [")[0] for line in transient.getvalue().splitlines()] == ["0% 0/10", "100% 10/10"]
 
 
 def test_log_progress_switches_the_training_bar(monkeypatch):
+    import cdkd.engine.evaluate as evaluate
     import cdkd.engine.train as train
 
     monkeypatch.setattr(train, "tqdm", train.tqdm)  # restored after the test
+    monkeypatch.setattr(evaluate, "tqdm", evaluate.tqdm)
     assert notebook.log_progress(5) is notebook.LineProgress
-    assert train.tqdm is notebook.LineProgress
+    assert train.tqdm is notebook.LineProgress and evaluate.tqdm is notebook.LineProgress
