@@ -76,9 +76,13 @@ def wait_new_image(page, old: str, timeout: float = 60.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         src = explorer_image(page)
-        if src and src != old:
-            page.wait_for_timeout(500)
-            return src
+        if src and src != old:  # changed: wait until it settles (a key held down sends several values)
+            while True:
+                page.wait_for_timeout(1500)
+                latest = explorer_image(page)
+                if latest == src:
+                    return src
+                src = latest
         page.wait_for_timeout(250)
     return explorer_image(page)
 
