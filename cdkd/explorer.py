@@ -15,6 +15,8 @@ Data are plain prediction records (see :mod:`cdkd.viz`): for each person a dict 
 
 from __future__ import annotations
 
+import base64
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ class PredictionExplorer:
         self.num_joints = int(np.asarray(first["pred"]).shape[0])
         self.joint_names = viz.joint_names(dataset_name, self.num_joints)
         self.figure: Figure | None = None  # last figure drawn by the widget
+        self.controls: dict[str, Any] = {}  # the widget's controls, by name
+        self.output: Any = None  # the widget's ipywidgets.Output
 
     def __len__(self) -> int:
         return len(self.records)
@@ -171,8 +175,14 @@ class PredictionExplorer:
     # ------------------------------------------------------------------------------------------
 
     def _distribution(self, ax: Axes, view: Mapping[str, Any], axis: str, j: int, teacher: Mapping[str, Any] | None,
-                      scale: float) -> None:
-        """One axis' class probabilities of joint j in the view's pixels, CCA target on top."""
+                      scale: float, student: Mapping[str, Any] | None = None) -> None:
+        """One axis' class probabilities of joint j in the view's pixels, with the CCA merge (Eq. 6).
+
+        On the student view (``teacher`` given) the teacher's merged bins are drawn in student pixels:
+        the target Eq. 7 pulls the student towards. On the teacher view (``student`` given) the
+        teacher's own bins are merged for that student's class count, in teacher pixels, so the
+        figure changes with the student's resolution (m = 4 at 32x32, 2 at 64x64 for a 128 teacher).
+        """
         logits = view.get(f"{axis}_logits")
         ax.set_title(f"SimCC {axis} distribution", fontsize=10)
         if logits is None:
@@ -182,7 +192,7 @@ class PredictionExplorer:
         z = np.asarray(logits, dtype=np.float64)[j]  # [C]
         p = viz.probabilities(z, self.tau)  # [C]
         edges = (np.arange(p.size + 1) - 0.5) / k
-        ax.stairs(p, edges, fill=True, alpha=0.6, color=viz.STUDENT_COLOR,
+        ax.stairs(p, edges, fill=True, alpha=0.6, color=viz.STUDENT_COLOR if student is None else viz.TEACHER_COLOR,
                   label=f"softmax (C={p.size}, tau={self.tau:g})")
         centres = [(np.arange(p.size) / k, p)]
         if teacher is not None and teacher.get(f"{axis}_logits") is not None:
@@ -195,6 +205,15 @@ class PredictionExplorer:
                 ax.bar(left, merged, width=m / kt / scale, align="edge", fill=False, edgecolor=viz.TEACHER_COLOR,
                        linewidth=1.2, label=f"teacher merged (Eq. 6, m={m})")
                 centres.append(((np.arange(p.size) * m + (m - 1) / 2) / kt / scale, merged))
+        if student is not None and student.get(f"{axis}_logits") is not None:
+            classes = int(np.asarray(student[f"{axis}_logits"]).shape[-1])  # C_s
+            if p.size % classes == 0:
+                m = p.size // classes
+                merged = viz.merge_probabilities(p, m)  # [C_s]
+                ax.bar((np.arange(classes) * m - 0.5) / k, merged, width=m / k, align="edge", fill=False,
+                       edgecolor=viz.STUDENT_COLOR, linewidth=1.2,
+                       label=f"merged for the student's {classes} classes (Eq. 6, m={m})")
+                centres.append(((np.arange(classes) * m + (m - 1) / 2) / k, merged))
         col = 0 if axis == "x" else 1
         pred = np.asarray(view["pred"], dtype=np.float64)[j]
         ax.axvline(pred[col], color=viz.PRED_COLOR, linewidth=1.2, label=f"pred {pred[col]:.2f}")
@@ -212,7 +231,7 @@ class PredictionExplorer:
         """Overlay and x / y SimCC distributions of one joint of one record (headless figure).
 
         Args:
-            index: record index.
+            index: record index (the explorer's ``sample`` slider; titles show it).
             joint: joint index or name.
             resolution: 'student' or 'teacher' (any view the records have).
             save: optional output path.
@@ -228,62 +247,89 @@ class PredictionExplorer:
         record = self.records[index]
         view = record[resolution]
         teacher = record.get("teacher") if resolution == "student" else None
+        student = record.get("student") if resolution == "teacher" else None
         scale = 1.0
         if teacher is not None:
             scale = viz.as_rgb(teacher["image"]).shape[1] / viz.as_rgb(view["image"]).shape[1]
 
-        fig = Figure(figsize=(12, 3.8), layout="constrained")
+        fig = viz.NotebookFigure(figsize=(12, 3.8), layout="constrained")
         axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": (1, 1.4, 1.4)})
+        size = viz.as_rgb(view["image"]).shape
         viz.plot_predictions(view["image"], view["pred"], view.get("gt"), self.dataset_name, ax=axes[0], highlight=j,
-                             title=f"{resolution} #{record.get('image_id', record.get('index', index))}")
+                             title=f"sample {index}, {resolution} {size[1]}x{size[0]}")
         for ax, axis in zip(axes[1:], ("x", "y")):
-            self._distribution(ax, view, axis, j, teacher, scale)
-        fig.suptitle(f"'{self.joint_names[j]}' at the {resolution} resolution", fontsize=11)
+            self._distribution(ax, view, axis, j, teacher, scale, student)
+        extra = f" (image id {record['image_id']})" if "image_id" in record else ""
+        fig.suptitle(f"sample {index}{extra}: '{self.joint_names[j]}' at the {resolution} resolution", fontsize=11)
         return viz.finish_figure(fig, save)
 
-    def widget(self) -> Any:
+    def widget(self, index: int = 0, joint: int | str = 0, resolution: str | None = None) -> Any:
         """ipywidgets controls (sample, joint, resolution, tau) above the rendered figure.
 
+        The figure is put into an ``ipywidgets.Output`` as PNG display data (its ``outputs`` trait),
+        so it renders in JupyterLab and is readable from the kernel: after each change of a control,
+        ``self.output.outputs[0]['data']['image/png']`` holds the new image (base64 PNG) and ``self.figure`` the
+        new Figure.
+
+        Args:
+            index: the sample shown first.
+            joint: the joint shown first (index or name), e.g. a notebook's ``joint`` parameter.
+            resolution: the resolution shown first (default the student's).
+
         Returns:
-            An ``ipywidgets.VBox``; display it in a notebook.
+            An ``ipywidgets.VBox``; display it in a notebook. ``self.controls`` maps 'sample', 'joint',
+            'resolution', 'tau' to its widgets.
         """
         try:
             import ipywidgets as widgets
-            from IPython.display import display
+            from IPython.core.interactiveshell import InteractiveShell
         except ImportError as err:  # declared dependency; say what is missing
             raise ImportError(f"the interactive explorer needs ipywidgets and IPython ({err}); "
                               "use render_static() headless") from None
-        index = widgets.IntSlider(value=0, min=0, max=len(self.records) - 1, description="sample")
-        joint = widgets.Dropdown(options=[(n, j) for j, n in enumerate(self.joint_names)], value=0, description="joint")
-        resolution = widgets.ToggleButtons(options=list(self.resolutions), value=self.resolutions[0],
-                                           description="resolution")
-        tau = widgets.FloatLogSlider(value=self.tau, base=10, min=-1, max=1.5, description="tau")
+        first = resolution or self.resolutions[0]
+        if first not in self.resolutions:
+            raise ValueError(f"resolution {first!r} not in the records; choose one of {self.resolutions}")
+        if not 0 <= index < len(self.records):
+            raise IndexError(f"record index {index} out of range for {len(self.records)} records")
+        controls = {
+            "sample": widgets.IntSlider(value=index, min=0, max=len(self.records) - 1, description="sample"),
+            "joint": widgets.Dropdown(options=[(n, j) for j, n in enumerate(self.joint_names)],
+                                      value=viz.joint_index(joint, self.joint_names), description="joint"),
+            "resolution": widgets.ToggleButtons(options=list(self.resolutions), value=first, description="resolution"),
+            "tau": widgets.FloatLogSlider(value=self.tau, base=10, min=-1, max=1.5, description="tau"),
+        }
         out = widgets.Output()
+        formatter = InteractiveShell.instance().display_formatter
 
         def update(_change: Any = None) -> None:
-            self.tau = float(tau.value)
-            fig = self.render_static(index.value, joint.value, resolution.value)
+            self.tau = float(controls["tau"].value)
+            fig = self.render_static(controls["sample"].value, controls["joint"].value, controls["resolution"].value)
             self.figure = fig
-            with out:
-                out.clear_output(wait=True)
-                display(fig)
+            data, metadata = formatter.format(fig, include=("image/png", "text/plain"))
+            if isinstance(data.get("image/png"), bytes):  # as notebooks store it: base64 text
+                data["image/png"] = base64.b64encode(data["image/png"]).decode("ascii")
+            out.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
 
-        for control in (index, joint, resolution, tau):
+        for control in controls.values():
             control.observe(update, names="value")
         update()
-        return widgets.VBox([widgets.HBox([index, joint]), widgets.HBox([resolution, tau]), out])
+        self.controls, self.output = controls, out
+        return widgets.VBox([widgets.HBox([controls["sample"], controls["joint"]]),
+                             widgets.HBox([controls["resolution"], controls["tau"]]), out])
 
 
-def explore(source: PredictionExplorer | Sequence[Mapping[str, Any]], dataset_name: str = "", tau: float = 1.0) -> Any:
+def explore(source: PredictionExplorer | Sequence[Mapping[str, Any]], dataset_name: str = "", tau: float = 1.0,
+            joint: int | str = 0) -> Any:
     """The interactive explorer widget for a notebook cell.
 
     Args:
         source: a PredictionExplorer, or prediction records.
         dataset_name: 'coco' or 'mpii' when ``source`` is records.
         tau: display temperature when ``source`` is records.
+        joint: the joint shown first.
 
     Returns:
         The ``ipywidgets.VBox`` of :meth:`PredictionExplorer.widget`.
     """
     explorer = source if isinstance(source, PredictionExplorer) else PredictionExplorer(source, dataset_name, tau=tau)
-    return explorer.widget()
+    return explorer.widget(joint=joint)

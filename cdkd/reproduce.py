@@ -20,14 +20,64 @@ from pathlib import Path
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def execute(notebook: str, out_path: Path, parameters: dict, cwd: Path) -> float:
-    """Run one notebook with papermill; returns the seconds it took."""
+PATH_PARAMETERS = ("data_root", "out_dir")
+
+
+def _log_to_terminal() -> None:
+    """Show papermill's log (cell starts, the kernel's printed lines) on stderr, once."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_cdkd", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("    %(message)s"))
+        handler._cdkd = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def _scrub(node, root: str):
+    """``node`` (a notebook's JSON) with the absolute repository root removed from every string."""
+    if isinstance(node, dict):
+        return {k: _scrub(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_scrub(v, root) for v in node]
+    if isinstance(node, str):
+        return node.replace(root + "/", "").replace(root, ".")
+    return node
+
+
+def execute(notebook: str, out_path: Path, parameters: dict, cwd: Path, log_output: bool = True) -> float:
+    """Run one notebook with papermill; returns the seconds it took.
+
+    Path parameters (``data_root``, ``out_dir``) are taken relative to ``cwd`` (the CLI's folder) and
+    passed relative to the repository root when they lie inside it (the notebooks resolve them
+    against the root), so the executed copy carries no absolute path of this machine; any that
+    papermill itself records (input/output paths) are made root-relative after the run. With
+    ``log_output`` the kernel's output (training progress lines, epoch summaries) is streamed to
+    the terminal as it comes (papermill's ``--log-output``).
+    """
     import papermill
 
+    from cdkd.notebook import repo_root
+
+    root = repo_root()
+    params = dict(parameters)
+    for key in PATH_PARAMETERS:
+        if params.get(key):
+            path = Path(params[key])
+            path = (path if path.is_absolute() else cwd / path).resolve()
+            params[key] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    if log_output:
+        _log_to_terminal()
     start = time.perf_counter()
-    papermill.execute_notebook(str(NOTEBOOK_DIR / notebook), str(out_path), parameters=parameters,
-                               cwd=str(cwd), progress_bar=False, kernel_name="python3")
-    return time.perf_counter() - start
+    papermill.execute_notebook(str(NOTEBOOK_DIR / notebook), str(out_path), parameters=params,
+                               cwd=str(cwd), progress_bar=False, log_output=log_output, kernel_name="python3")
+    seconds = time.perf_counter() - start
+    data = json.loads(Path(out_path).read_text())
+    Path(out_path).write_text(json.dumps(_scrub(data, str(root)), indent=1, ensure_ascii=False) + "\n")
+    return seconds
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
@@ -77,14 +127,14 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     args.note = (f"Made by `python -m cdkd reproduce --preset {args.preset}` "
                  f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()}, {os.cpu_count()} CPU cores.")
     steps = plan(args)
-    from tqdm.auto import tqdm
-
     timings = []
     start = time.perf_counter()
-    for notebook, name, params in tqdm(steps, desc="reproduce", unit="notebook"):
-        tqdm.write(f"-> {name} {json.dumps(params)}")
+    for i, (notebook, name, params) in enumerate(steps, start=1):
+        elapsed = time.perf_counter() - start
+        print(f"[{i}/{len(steps)}] {name} (after {elapsed / 60:.1f} min) {json.dumps(params)}", flush=True)
         seconds = execute(notebook, out / name, params, cwd)
         timings.append({"notebook": name, "seconds": round(seconds, 1)})
+        print(f"[{i}/{len(steps)}] {name} done in {seconds / 60:.1f} min; {len(steps) - i} notebooks left", flush=True)
     total = time.perf_counter() - start
     from cdkd.engine.run import environment_info
 

@@ -16,9 +16,11 @@ Gu et al.) and the SimCC representation it builds on (Li et al., ECCV 2022):
   weights w_k (Eq. 3-4), read from a run folder's ``steps.csv``.
 * :func:`plot_metric_bars` - our tables against the paper's numbers (Tables I-X). Notebook 04.
 
-Every plotting function builds a :class:`matplotlib.figure.Figure` without pyplot (so nothing is
-shown or kept in pyplot's global figure list), returns it, and saves it when ``save=path`` is given.
-In a notebook the returned figure is displayed as the cell's value.
+Every plotting function builds a :class:`NotebookFigure` (a :class:`matplotlib.figure.Figure`)
+without pyplot (so nothing is kept in pyplot's global figure list), returns it, and saves it when
+``save=path`` is given. In a notebook the returned figure is the cell's value and is shown inline as
+a PNG by any front end (JupyterLab, papermill, nbclient), with or without ``%matplotlib inline``: a
+figure made without pyplot has no inline backend behind it, so it renders itself (``_repr_png_``).
 
 Prediction records (used by :func:`plot_resolution_grid` and :mod:`cdkd.explorer`) are plain dicts
 that map a resolution name (``'student'``, ``'teacher'``) to a *view*::
@@ -33,6 +35,7 @@ Other keys of a record (``'image_id'``, ``'index'``) are carried along and shown
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -80,6 +83,19 @@ STUDENT_COLOR = "#ff7f0e"
 # ----------------------------------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------------------------------
+
+
+class NotebookFigure(Figure):
+    """A matplotlib Figure that displays itself inline as ``image/png`` in Jupyter.
+
+    IPython shows a pyplot-free Figure as the text ``<Figure size 900x700 with 4 Axes>`` unless an
+    inline backend registered a formatter for it; ``_repr_png_`` makes the image the default.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        return buffer.getvalue()
 
 
 def _numpy(x: Any, name: str) -> np.ndarray:
@@ -400,7 +416,7 @@ def plot_paired_crops(
     else:
         j = joint_index(joint, names)
 
-    fig = Figure(figsize=(9, 7), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 7), layout="constrained")
     grid = fig.add_gridspec(2, 2, height_ratios=(3, 1.2))
     ax_t, ax_s = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
     scaled = joints.copy()
@@ -504,7 +520,7 @@ def plot_simcc_distributions(
     k = float(split_ratio) if split_ratio else 1.0
     unit = "input pixel (teacher frame)" if split_ratio else "teacher class index"
 
-    fig = Figure(figsize=(11, 3.2 * len(rows)), layout="constrained")
+    fig = NotebookFigure(figsize=(11, 3.2 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False, sharex="row")
     for r, (axis, t_logits, s_logits) in enumerate(rows):
         zt = _numpy(t_logits, f"teacher_{axis}_logits").reshape(-1)  # [C_t]
@@ -587,7 +603,7 @@ def plot_predictions(
     names = joint_names(dataset_name, num)
     edges = skeleton_for(dataset_name, num)
     if ax is None:
-        fig = Figure(figsize=(4, 4), layout="constrained")
+        fig = NotebookFigure(figsize=(4, 4), layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -607,6 +623,38 @@ def plot_predictions(
     return finish_figure(fig, save)
 
 
+def people_on_image(records: Sequence[Any], index: int = 0, pad: float = 0.1) -> tuple[Path, np.ndarray, np.ndarray]:
+    """The image of person ``index`` and every annotated person on it: path, boxes, ground truth.
+
+    Args:
+        records: a dataset's person records (``dataset.records``: objects with ``image`` (path) and
+            ``joints`` [J, 3] (x, y, visibility) in 0-based image pixels).
+        index: the person whose image is taken.
+        pad: each box is the extent of the person's labelled joints, widened by ``pad`` times its
+            size on every side (head top to ankles is close to the person's box).
+
+    Returns:
+        (image path, boxes [N, 4] as x, y, w, h in image pixels, ground truth [N, J, 3]).
+    """
+    if not 0 <= index < len(records):
+        raise IndexError(f"person index {index} out of range for {len(records)} records")
+    path = str(records[index].image)
+    people = [r for r in records if str(r.image) == path]
+    boxes, gt = [], []
+    for person in people:
+        joints = np.asarray(person.joints, dtype=np.float64)  # [J, 3]
+        seen = joints[joints[:, 2] > 0, :2]
+        if not len(seen):
+            continue
+        lo, hi = seen.min(axis=0), seen.max(axis=0)
+        size = np.maximum(hi - lo, 1.0)
+        boxes.append([*(lo - pad * size), *((1 + 2 * pad) * size)])
+        gt.append(joints)
+    if not boxes:
+        raise ValueError(f"no labelled joints on {path}")
+    return Path(path), np.asarray(boxes), np.stack(gt)
+
+
 def plot_image_predictions(
     image: Any,
     keypoints: Any,
@@ -615,9 +663,15 @@ def plot_image_predictions(
     dataset_name: str = "coco",
     score_thr: float = 0.0,
     title: str | None = None,
+    gt: Any | None = None,
+    zoom: bool = True,
     save: str | Path | None = None,
 ) -> Figure:
-    """Every person's predicted keypoints on the whole image, e.g. the output of ``cdkd.predict``.
+    """Every person's predicted keypoints on an image, e.g. the output of ``cdkd.predict``.
+
+    Predictions are drawn with the dataset's skeleton (filled markers, solid limbs, coloured by side),
+    the ground truth with rings and dashed limbs; with ``zoom`` the view is cropped to the persons'
+    boxes (a 30-pixel person in an 800-pixel image is otherwise unreadable).
 
     Args:
         image: uint8 [H, W, 3] RGB image (or a normalised [3, H, W] tensor).
@@ -627,6 +681,8 @@ def plot_image_predictions(
         dataset_name: 'coco' or 'mpii' (skeleton).
         score_thr: confidence threshold for drawing a joint.
         title: axis title.
+        gt: optional [N, J, 3] ground truth (x, y, visibility) in image pixels.
+        zoom: crop the view to the boxes and the drawn keypoints, padded by a quarter of their size.
         save: optional output path.
 
     Returns:
@@ -636,21 +692,42 @@ def plot_image_predictions(
     if kpts.ndim != 3 or kpts.shape[-1] != 2:
         raise ValueError(f"keypoints must be [N, J, 2], got {kpts.shape}")
     conf = np.ones(kpts.shape[:2]) if scores is None else _numpy(scores, "scores")
+    truth = None if gt is None else _numpy(gt, "gt")
+    if truth is not None and truth.shape[1:] != (kpts.shape[1], 3):
+        raise ValueError(f"gt must be [N, {kpts.shape[1]}, 3], got {truth.shape}")
     rgb = as_rgb(image)
-    fig = Figure(figsize=(7, 7 * rgb.shape[0] / max(rgb.shape[1], 1)), layout="constrained")
+    frame = np.array([0.0, 0.0, rgb.shape[1], rgb.shape[0]])  # x0, y0, x1, y1
+    if zoom:
+        shown_kpts = kpts[np.isfinite(kpts).all(-1) & (conf > score_thr)]  # [M, 2]
+        corners = [shown_kpts.reshape(-1, 2)]
+        if boxes is not None:
+            box = _numpy(boxes, "boxes").reshape(-1, 4)
+            corners += [box[:, :2], box[:, :2] + box[:, 2:]]
+        pts = np.concatenate(corners)
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        margin = 0.25 * max(*(hi - lo), 8.0)
+        frame = np.array([max(lo[0] - margin, 0), max(lo[1] - margin, 0), min(hi[0] + margin, rgb.shape[1]),
+                          min(hi[1] + margin, rgb.shape[0])])
+    width, height = frame[2] - frame[0], frame[3] - frame[1]
+    fig = NotebookFigure(figsize=(6, min(9.0, max(3.0, 6 * height / max(width, 1)))), layout="constrained")
     ax = fig.add_subplot()
-    ax.imshow(rgb)
+    ax.imshow(rgb, interpolation="nearest")
     edges = skeleton_for(dataset_name, kpts.shape[1])
+    names = joint_names(dataset_name, kpts.shape[1])
     for n in range(kpts.shape[0]):
-        draw_keypoints(ax, None, np.concatenate([kpts[n], conf[n][:, None]], axis=1), skeleton=edges,
-                       score_thr=score_thr)
+        if truth is not None and n < truth.shape[0]:
+            draw_keypoints(ax, None, truth[n], skeleton=edges, color=GT_COLOR, linestyle="--", hollow=True, size=60,
+                           linewidth=1.5, label="ground truth" if n == 0 else None)
+        draw_keypoints(ax, None, np.concatenate([kpts[n], conf[n][:, None]], axis=1), skeleton=edges, names=names,
+                       score_thr=score_thr, size=36, linewidth=2.5, label="prediction" if n == 0 else None)
         if boxes is not None:
             x, y, w, h = _numpy(boxes, "boxes")[n]
             ax.add_patch(Rectangle((x, y), w, h, fill=False, color="white", lw=1, ls="--"))
-    ax.set_xlim(0, rgb.shape[1])
-    ax.set_ylim(rgb.shape[0], 0)
+    ax.set_xlim(frame[0], frame[2])
+    ax.set_ylim(frame[3], frame[1])
     ax.set_axis_off()
-    ax.set_title(title or f"{kpts.shape[0]} persons")
+    ax.legend(fontsize=8, loc="lower right", framealpha=0.7)
+    ax.set_title(title or f"{kpts.shape[0]} persons", fontsize=10)
     return finish_figure(fig, save)
 
 
@@ -678,7 +755,7 @@ def plot_resolution_grid(
     """
     if not records:
         raise ValueError("plot_resolution_grid needs at least one record")
-    fig = Figure(figsize=(2.4 * len(records), 2.6 * len(resolutions)), layout="constrained")
+    fig = NotebookFigure(figsize=(2.4 * len(records), 2.6 * len(resolutions)), layout="constrained")
     axes = fig.subplots(len(resolutions), len(records), squeeze=False)
     for c, record in enumerate(records):
         for r, res in enumerate(resolutions):
@@ -686,9 +763,9 @@ def plot_resolution_grid(
                 raise KeyError(f"record {c} has no '{res}' view (keys: {', '.join(map(str, record))})")
             view = record[res]
             rgb = as_rgb(view["image"])
-            label = record.get("image_id", record.get("index", c))
+            label = record.get("index", c)
             plot_predictions(rgb, view["pred"], view.get("gt"), dataset_name, ax=axes[r, c], score_thr=score_thr,
-                             title=f"{res} {rgb.shape[1]}x{rgb.shape[0]} #{label}")
+                             title=f"sample {label}, {res} {rgb.shape[1]}x{rgb.shape[0]}")
             if c or r:
                 legend = axes[r, c].get_legend()
                 if legend is not None:
@@ -769,11 +846,40 @@ def _series(steps: dict[str, np.ndarray], key: str, x: str = "step") -> tuple[np
     return xs[ok], y[ok]
 
 
+CURVE_TITLES = {"task": "task loss L_ori", "feature": "feature loss L_fea (Eq. 5)",
+                "logit": "logit loss L_logit (Eq. 7)", "loss": "total loss (Eq. 8)"}
+
+
+def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's ``epochs.jsonl``: one dict per finished epoch ('epoch', 'train', 'lr', 'val' when validated).
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the file and line of a row that is not JSON.
+    """
+    import json
+
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "epochs.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no epoch record at {path}")
+    rows = []
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        if text.strip():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {line}: {err}") from None
+    return rows
+
+
 def plot_training_curves(
     run_dirs: Sequence[str | Path] | Mapping[str, str | Path] | str | Path,
     keys: Sequence[str] = ("task", "feature", "logit"),
     smooth: int = 1,
     logy: bool = False,
+    val_metric: str | None = None,
     save: str | Path | None = None,
 ) -> Figure:
     """Loss terms of Eq. 8 over training steps, one panel per term, one line per run.
@@ -787,15 +893,18 @@ def plot_training_curves(
         keys: columns to plot.
         smooth: trailing moving-average window in logged steps (1 = raw).
         logy: logarithmic y axis.
+        val_metric: a validation metric of ``epochs.jsonl`` (e.g. 'Mean' for PCKh, 'AP'): adds a last
+            panel with its value after each validated epoch.
         save: optional output path.
 
     Returns:
-        Figure with one axis per key.
+        Figure with one axis per key (plus one for ``val_metric``).
     """
     runs = _runs(run_dirs)
     records = {label: read_steps(path) for label, path in runs.items()}
-    fig = Figure(figsize=(4.2 * len(keys), 3.2), layout="constrained")
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    panels = len(keys) + (val_metric is not None)
+    fig = NotebookFigure(figsize=(4.2 * panels, 3.2), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax, key in zip(axes, keys):
         plotted = 0
         for label, steps in records.items():
@@ -805,7 +914,7 @@ def plot_training_curves(
             xs, ys = series
             ax.plot(xs, _smooth(ys, smooth), label=label, linewidth=1.2)
             plotted += 1
-        ax.set_title(key, fontsize=10)
+        ax.set_title(CURVE_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("step")
         if plotted:
             if logy:
@@ -813,6 +922,22 @@ def plot_training_curves(
             ax.legend(fontsize=8)
         else:
             note_axis(ax, f"'{key}' not recorded\nin {', '.join(records)}")
+    if val_metric is not None:
+        ax = axes[-1]
+        ax.set_title(f"validation {val_metric}", fontsize=10)
+        ax.set_xlabel("epoch")
+        plotted = 0
+        for label, path in runs.items():
+            rows = [r for r in read_epochs(path) if val_metric in r.get("val", {})]
+            if rows:
+                metric = rows[-1]["val"].get("protocol", {}).get("metric", val_metric)
+                ax.set_title(f"validation {metric if val_metric == 'main' else val_metric}", fontsize=10)
+                ax.plot([r["epoch"] + 1 for r in rows], [r["val"][val_metric] for r in rows], marker="o", label=label)
+                plotted += 1
+        if plotted:
+            ax.legend(fontsize=8)
+        else:
+            note_axis(ax, f"no validated epoch with '{val_metric}'\nin {', '.join(runs)}")
     return finish_figure(fig, save)
 
 
@@ -827,7 +952,7 @@ def plot_temperature(run_dir: str | Path, save: str | Path | None = None) -> Fig
         Figure with 2 axes (tau, xi); a missing column leaves a note in its axis.
     """
     steps = read_steps(run_dir)
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(9, 3.2), layout="constrained")
     axes = fig.subplots(1, 2)
     labels = {"tau": "temperature tau (Eq. 7, learned by ETHT)", "xi": "reversal weight xi (Eq. 12)"}
     for ax, key in zip(axes, ("tau", "xi")):
@@ -860,7 +985,7 @@ def plot_sau_weights(run_dir: str | Path, save: str | Path | None = None) -> Fig
     """
     steps = read_steps(run_dir)
     columns = sau_columns(steps)
-    fig = Figure(figsize=(6, 3.4), layout="constrained")
+    fig = NotebookFigure(figsize=(6, 3.4), layout="constrained")
     ax = fig.add_subplot()
     ax.set_title("SAU weights w_k over the projectors (Eq. 3-4)", fontsize=10)
     ax.set_xlabel("step")
@@ -895,30 +1020,37 @@ def plot_metric_bars(
     columns: Sequence[str] | None = None,
     reference: Mapping[str, Mapping[str, float]] | None = None,
     ylabel: str = "",
-    zoom: bool = True,
+    zoom: bool = False,
     annotate: bool = True,
+    reference_label: str = "paper (its own data)",
+    spread_label: str = "error bars: sample std over seeds",
     save: str | Path | None = None,
 ) -> Figure:
     """Grouped bars of our results (mean +- std over seeds) with the paper's numbers as markers.
 
     One group per column (a metric, e.g. PCKh Mean or AP), one bar per row label (a method or
     setting, e.g. 'SimCC 64x64', 'CDKD 64x64'); a black diamond marks the paper's value for the
-    same (label, column) where ``reference`` has one (Tables I-X). Reference entries without a bar
-    are not drawn.
+    same (label, column) where ``reference`` has one (Tables I-X), with the value written beside it
+    in italics. Our means are written inside the bars, so a number never sits above a paper marker
+    and reads as the paper's (a bar too short to hold its number gets it above, in its own
+    colour, upright). The caption under the axis says what the error bars are and what the
+    markers are. Reference entries without a bar are not drawn.
 
     Args:
         table: {label: {column: (mean, std) or mean}}; a missing column leaves a gap.
         columns: columns to show, in order (default: all, in first-seen order).
         reference: {label: {column: paper value}}.
         ylabel: y axis label.
-        zoom: start the y axis near the smallest value instead of 0 (differences of ~1 point
-            are invisible from 0); the bars are then truncated, which the axis makes plain.
-        annotate: write each mean above its bar.
+        zoom: start the y axis near the smallest value instead of 0 (the default 0 keeps bar
+            heights proportional to the values).
+        annotate: write each mean inside its bar and each paper value beside its marker.
+        reference_label: legend label of the markers.
+        spread_label: the caption's explanation of the error bars.
         save: optional output path.
 
     Returns:
         Figure with one axis; one BarContainer per label; the reference markers are one
-        PathCollection labelled 'paper'.
+        PathCollection labelled ``reference_label``.
     """
     if not table:
         raise ValueError("plot_metric_bars needs a non-empty table")
@@ -926,10 +1058,12 @@ def plot_metric_bars(
         columns = list(dict.fromkeys(c for row in table.values() for c in row))
     labels = list(table)
     width = 0.8 / len(labels)
-    fig = Figure(figsize=(max(5.0, 1.3 * len(columns) * max(1, len(labels)) ** 0.5 + 2), 3.8), layout="constrained")
+    fig = NotebookFigure(figsize=(max(5.5, 1.3 * len(columns) * max(1, len(labels)) ** 0.5 + 2.5), 4.2),
+                         layout="constrained")
     ax = fig.add_subplot()
     shown: list[float] = []
     ref_x, ref_y = [], []
+    bars: list[tuple] = []  # (x, means, errors, colour) per label, annotated once the axis range is known
     positions = np.arange(len(columns))
     for i, label in enumerate(labels):
         means, stds = [], []
@@ -943,27 +1077,45 @@ def plot_metric_bars(
         xs = positions - 0.4 + width * (i + 0.5)
         errs = np.nan_to_num(np.asarray(stds), nan=0.0)
         ax.bar(xs, means, width=width * 0.92, yerr=errs, capsize=3, label=label, error_kw={"linewidth": 1})
-        shown += [v for v in means if np.isfinite(v)]
-        tops = [mean + err for mean, err in zip(means, errs)]
+        shown += [v + e for v, e in zip(means, errs) if np.isfinite(v)]
+        if annotate:
+            bars.append((xs, means, errs, ax.containers[-1].patches[0].get_facecolor()))
         if reference and label in reference:
-            for i_col, (x, col, mean) in enumerate(zip(xs, columns, means)):
+            for x, col, mean in zip(xs, columns, means):
                 if col in reference[label] and np.isfinite(mean):
                     ref_x.append(x)
                     ref_y.append(float(reference[label][col]))
-                    tops[i_col] = max(tops[i_col], ref_y[-1])
-        if annotate:
-            for x, mean, top in zip(xs, means, tops):
-                if np.isfinite(mean):
-                    ax.annotate(f"{mean:.2f}", (x, top), textcoords="offset points", xytext=(0, 4),
-                                ha="center", va="bottom", fontsize=7)
     if ref_x:
-        ax.scatter(ref_x, ref_y, marker="D", s=30, color="black", zorder=4, label="paper")
+        ax.scatter(ref_x, ref_y, marker="D", s=30, color="black", zorder=4, label=reference_label)
+        if annotate:
+            for x, y in zip(ref_x, ref_y):
+                ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(5, 0), ha="left", va="center",
+                            fontsize=7, fontstyle="italic")
         shown += ref_y
     ax.set_xticks(positions, list(columns))
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if zoom and shown:
-        lo, hi = min(shown), max(shown)
-        pad = max(0.15 * (hi - lo), 0.5)
-        ax.set_ylim(max(0.0, lo - 2 * pad), hi + 1.5 * pad)
+    caption = "bars: our mean (written in the bar); " + spread_label
+    if ref_x:
+        caption += f"; \u25c6 {reference_label}, value in italics"
+    ax.set_xlabel(caption, fontsize=8)
+    if shown:
+        hi = max(shown)
+        if zoom:
+            lo = min(shown)
+            pad = max(0.15 * (hi - lo), 0.5)
+            ax.set_ylim(max(0.0, lo - 2 * pad), hi + 1.5 * pad)
+        else:
+            ax.set_ylim(0, hi * 1.08)
+    lo, hi = ax.get_ylim()
+    for xs, means, errs, colour in bars:
+        for x, mean, err in zip(xs, means, errs):
+            if not np.isfinite(mean):
+                continue
+            if mean - lo > 0.2 * (hi - lo):  # inside a tall bar, at its base (clear of the error bar), white
+                ax.annotate(f"{mean:.2f}", (x, lo + 0.03 * (hi - lo)), ha="center", va="bottom", fontsize=8,
+                            color="white", fontweight="bold", rotation=90)
+            else:  # a short bar: above its error bar, in the bar's colour
+                ax.annotate(f"{mean:.2f}", (x, mean + err), textcoords="offset points", xytext=(0, 3), ha="center",
+                            va="bottom", fontsize=7, color=colour, fontweight="bold", rotation=90)
     return finish_figure(fig, save)

@@ -49,21 +49,145 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     nb = nbformat.read(out / "04_evaluate.ipynb", as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+    for name in sorted(executed):
+        nb = nbformat.read(out / name, as_version=4)
+        cells = figure_cells(nb)
+        missing = [c.source.splitlines()[-1][:60] for c in cells if not png_outputs(c)]
+        assert not missing, f"{name}: figure cells without an inline image/png: {missing}"
+        assert str(NOTEBOOK_DIR.parent) not in (out / name).read_text(), f"{name} carries the repository's absolute path"
+    assert len(figure_cells(nbformat.read(out / "05_visualize_r32.ipynb", as_version=4))) == 6
+    # the teacher's bins merged for each student: different figures at 32x32 and 64x64
+    assert (out / "figures/05_teacher_joint_r32.png").read_bytes() != (out / "figures/05_teacher_joint_r64.png").read_bytes()
+
+
+def figure_cells(nb) -> list:
+    """Code cells whose last line makes a figure from the package (a ``viz.plot_*`` or ``render_static`` call)."""
+    out = []
+    for cell in nb.cells:
+        last = cell.source.strip().splitlines()[-1] if cell.cell_type == "code" and cell.source.strip() else ""
+        if last.startswith(("viz.plot_", "explorer.render_static")):
+            out.append(cell)
+    return out
+
+
+def png_outputs(cell) -> list[str]:
+    return [o["data"]["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
+
+
+def test_figure_cells_are_found():
+    """The selector above must see the figure cells of every figure-making notebook."""
+    counts = {name: len(figure_cells(nbformat.read(NOTEBOOK_DIR / name, as_version=4))) for name in NOTEBOOKS}
+    assert counts["01_data.ipynb"] == 2 and counts["05_visualize.ipynb"] == 6 and counts["04_evaluate.ipynb"] == 1
 
 
 @pytest.mark.notebook
 @pytest.mark.slow
-def test_distill_notebook_runs_alone_on_a_fresh_machine(tmp_path, monkeypatch):
-    """`papermill notebooks/03_distill.ipynb out.ipynb -p res 32` needs nothing prepared beforehand."""
+def test_user_command_in_notebooks_folder_writes_only_git_ignored_root_folders(tmp_path, monkeypatch):
+    """JupyterLab runs the kernel in notebooks/: the defaults still resolve against the repository root,
+    go to runs/<preset> (git-ignored), create nothing in notebooks/ and never touch results/."""
+    import shutil
+
     import papermill
 
+    clone = tmp_path / "clone"
+    (clone / "notebooks").mkdir(parents=True)
+    shutil.copy(NOTEBOOK_DIR.parent / "pyproject.toml", clone / "pyproject.toml")
+    shutil.copy(NOTEBOOK_DIR / "03_distill.ipynb", clone / "notebooks" / "03_distill.ipynb")
+    monkeypatch.delenv("CDKD_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)
-    papermill.execute_notebook(str(NOTEBOOK_DIR / "03_distill.ipynb"), str(tmp_path / "out.ipynb"),
-                               parameters={"preset": "tiny", "res": 32, "data_root": "data/synth", "out_dir": "results",
-                                           "n_train": 30, "n_val": 20, "variants": "baseline,cdkd-paper"},
-                               cwd=str(tmp_path), progress_bar=False, kernel_name="python3")
-    assert (tmp_path / "data/synth/mpii/annot/gt_valid.mat").exists()
-    assert (tmp_path / "results/runs/teacher/best.pth").exists()
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(clone / "notebooks" / "03_distill.ipynb"), str(out),
+                               parameters={"preset": "tiny", "res": 32, "n_train": 30, "n_val": 20,
+                                           "variants": "baseline,cdkd-paper"},
+                               cwd=str(clone / "notebooks"), progress_bar=False, kernel_name="python3")
+    assert sorted(p.name for p in (clone / "notebooks").iterdir()) == ["03_distill.ipynb"]
+    assert sorted(p.name for p in clone.iterdir()) == ["data", "notebooks", "pyproject.toml", "runs"]
+    assert (clone / "data/synth/mpii/annot/gt_valid.mat").exists()
+    assert (clone / "runs/tiny/runs/teacher/best.pth").exists()
     for variant in ("baseline", "cdkd-paper"):
-        assert (tmp_path / f"results/runs/r32_s0_{variant}/metrics.json").exists()
-    assert (tmp_path / "results/figures/03_curves_r32_s0.png").exists()
+        assert (clone / f"runs/tiny/runs/r32_s0_{variant}/metrics.json").exists()
+    assert (clone / "runs/tiny/figures/03_curves_r32_s0.png").exists()
+    nb = nbformat.read(out, as_version=4)
+    cells = figure_cells(nb)
+    assert len(cells) == 2 and all(png_outputs(c) for c in cells), "every figure is shown inline as PNG"
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert str(clone) not in text, "cell outputs carry no absolute paths of this machine"
+    assert "runs/tiny/runs/teacher" in text
+
+
+EXPLORER_CELLS = [
+    """from tests.test_viz import make_records
+import numpy as np
+from cdkd.explorer import PredictionExplorer
+
+explorer = PredictionExplorer(make_records(np.random.default_rng(0), n=3), "mpii")
+explorer.widget(joint="l_wrist")""",
+    """import hashlib, json
+
+def digest():
+    outputs = explorer.output.outputs
+    return [len(outputs), hashlib.sha1(outputs[0]["data"]["image/png"].encode()).hexdigest(),
+            explorer.figure._suptitle.get_text()]
+
+seen = [["start", *digest()]]
+for name, value in (("sample", 2), ("joint", 0), ("resolution", "teacher"), ("tau", 4.0), ("sample", 1)):
+    explorer.controls[name].value = value
+    seen.append([name, *digest()])
+print(json.dumps(seen))""",
+]
+
+
+@pytest.mark.notebook
+def test_explorer_controls_redraw_in_a_kernel(tmp_path):
+    """In a real kernel, each change of a control puts a new PNG into the explorer's output widget."""
+    import json
+
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in EXPLORER_CELLS])
+    NotebookClient(nb, kernel_name="python3", timeout=120,
+                   resources={"metadata": {"path": str(NOTEBOOK_DIR.parent)}}).execute()
+    shown = nb.cells[0].outputs[0]["data"]
+    assert "application/vnd.jupyter.widget-view+json" in shown
+    seen = json.loads(nb.cells[1].outputs[0]["text"])
+    assert [s[1] for s in seen] == [1] * 6, "one image in the output at a time"
+    digests = [s[2] for s in seen]
+    assert len(set(digests)) == len(digests), f"an image did not change: {seen}"
+    assert "'l_wrist'" in seen[0][3] and seen[-1][3].startswith("sample 1") and "teacher" in seen[-1][3]
+
+
+def cell_value(cell):
+    """The Python value of a cell's displayed result (the notebooks show dicts of plain numbers)."""
+    import ast
+
+    result = next(o for o in cell.outputs if o.get("output_type") == "execute_result")
+    return ast.literal_eval(result["data"]["text/plain"])
+
+
+@pytest.mark.notebook
+def test_method_walkthrough_checks_the_equations(tmp_path):
+    """Notebook 07 on one real batch: Eq. 6 sums to one, Eq. 4 is the weighted sum, Eq. 8 adds up, the
+    reversal layer multiplies the gradient by -xi, and its figure is shown inline."""
+    import math
+
+    import papermill
+
+    out = tmp_path / "07.ipynb"
+    before = sorted(NOTEBOOK_DIR.iterdir())
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "07_method.ipynb"), str(out),
+                               parameters={"data_root": str(tmp_path / "data"), "n_train": 12, "n_val": 8},
+                               cwd=str(NOTEBOOK_DIR), progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(out, as_version=4)
+    by_source = {c.source.splitlines()[0]: c for c in nb.cells if c.cell_type == "code" and c.source}
+    merge = cell_value(by_source["from cdkd.distill import cca"])
+    assert merge["m"] == 4 and merge["merged"] == (4, 16, 64)
+    assert all(abs(v - 1) < 1e-5 for v in merge["merged sums (min, max)"])
+    ensemble = cell_value(next(c for k, c in by_source.items() if k.startswith("projected =")))
+    assert ensemble["F_out"] == ensemble["F^t"] == (4, 16, 32, 32) and ensemble["F_out == sum_k w_k P_k"] is True
+    total = cell_value(next(c for k, c in by_source.items() if k.startswith('{"L_total"')))
+    assert math.isclose(total["L_total"], total["L_ori + alpha L_fea + beta L_logit"], rel_tol=1e-6)
+    reversal = cell_value(by_source["xi = etht.xi_schedule(3, 10)"])
+    assert math.isclose(reversal["ratio (= -xi)"], -reversal["xi"], rel_tol=1e-4) and reversal["xi"] > 0
+    assert png_outputs(by_source["from cdkd import viz"])
+    assert sorted(NOTEBOOK_DIR.iterdir()) == before, "the kernel ran in notebooks/ and created nothing there"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 from types import SimpleNamespace
 
@@ -265,6 +266,52 @@ def test_training_curves_handle_missing_columns(tmp_path):
     assert by_name.axes[0].get_legend().get_texts()[0].get_text() == "distill"
 
 
+def test_training_curves_validation_panel(tmp_path):
+    import json
+
+    run = tmp_path / "teacher"
+    run.mkdir()
+    write_steps(run / "steps.csv", ["step", "epoch", "task", "loss"], [[0, 0, 2.0, 2.0], [10, 1, 1.0, 1.0]])
+    rows = [{"epoch": 0, "train": {"task": 2.0}}, {"epoch": 1, "train": {"task": 1.5}, "val": {"Mean": 40.0}},
+            {"epoch": 2, "train": {"task": 1.0}, "val": {"Mean": 55.5}}]
+    (run / "epochs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fig = viz.plot_training_curves({"teacher": run}, keys=("task",), val_metric="Mean")
+    ax_task, ax_val = fig.axes
+    np.testing.assert_allclose(ax_task.lines[0].get_ydata(), [2.0, 1.0])
+    np.testing.assert_allclose(ax_val.lines[0].get_xdata(), [2, 3])  # epochs counted from 1
+    np.testing.assert_allclose(ax_val.lines[0].get_ydata(), [40.0, 55.5])
+    missing = viz.plot_training_curves({"teacher": run}, keys=("task",), val_metric="AP")
+    assert not missing.axes[1].lines and "no validated epoch" in missing.axes[1].texts[0].get_text()
+
+
+def test_people_on_image_and_zoomed_predictions(rng):
+    joints = np.zeros((2, 16, 3))
+    joints[0, :, :2] = rng.uniform(100, 130, (16, 2))
+    joints[1, :, :2] = rng.uniform(300, 340, (16, 2))
+    joints[..., 2] = 1.0
+    joints[1, 0, 2] = 0.0  # unlabelled: not part of the box
+    joints[1, 0, :2] = 790
+    records = [SimpleNamespace(image="a.png", joints=joints[0]), SimpleNamespace(image="b.png", joints=joints[0]),
+               SimpleNamespace(image="a.png", joints=joints[1])]
+    path, boxes, gt = viz.people_on_image(records, 2, pad=0.0)
+    assert path.name == "a.png" and boxes.shape == (2, 4) and gt.shape == (2, 16, 3)
+    seen = joints[1, 1:, :2]
+    np.testing.assert_allclose(boxes[1], [*seen.min(0), *(seen.max(0) - seen.min(0))])
+    image = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    pred = gt[..., :2] + 2.0
+    fig = viz.plot_image_predictions(image, pred, gt[..., 2], boxes, "mpii", gt=gt)  # joint at x=792 hidden
+    ax = fig.axes[0]
+    x0, x1 = ax.get_xlim()
+    assert x0 > 20 and x1 - x0 < 400  # zoomed to the two persons (x 100..340), not the 800-px image
+    limbs = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(limbs) == 4  # skeleton of prediction and ground truth, per person
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ground truth", "prediction"]
+    whole = viz.plot_image_predictions(image, pred, None, boxes, "mpii", zoom=False)
+    assert whole.axes[0].get_xlim() == (0.0, 800.0)
+    with pytest.raises(ValueError, match="gt must be"):
+        viz.plot_image_predictions(image, pred, gt=gt[:, :3])
+
+
 def test_read_steps_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="steps.csv"):
         viz.read_steps(tmp_path)
@@ -314,11 +361,26 @@ def test_plot_metric_bars_with_reference(tmp_path):
     assert len(bars) == 3 and all(len(b) == 2 for b in bars)
     np.testing.assert_allclose([p.get_height() for p in bars[1]], [79.0, 31.0])
     assert np.isnan(bars[2][1].get_height())  # missing column leaves a gap
-    markers = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label() == "paper"]
+    markers = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label().startswith("paper")]
     assert len(markers) == 1
     np.testing.assert_allclose(sorted(markers[0].get_offsets()[:, 1]), [32.0, 78.340, 79.362])
-    assert len(ax.texts) == 5  # one annotation per finite bar
+    ours = [t for t in ax.texts if t.get_fontstyle() != "italic"]
+    papers = [t for t in ax.texts if t.get_fontstyle() == "italic"]
+    assert len(ours) == 5 and len(papers) == 3  # one per finite bar, one per marker
+    # our numbers sit inside their bars (below the bar top), never above a paper marker
+    for text, bar in zip(ours, [p for b in bars for p in b if np.isfinite(p.get_height())]):
+        # inside the tall bars (the axis starts at 0): white, at the bar's base, on the bar's x
+        assert float(text.get_text()) == round(bar.get_height(), 2)
+        assert 0 < text.xy[1] < bar.get_height() and text.get_color() == "white"
+        assert text.xy[0] == pytest.approx(bar.get_x() + bar.get_width() / 2)
+    short = viz.plot_metric_bars({"a": {"Mean": (5.0, 1.0)}, "b": {"Mean": (80.0, 2.0)}}, reference={"a": {"Mean": 60.0}})
+    low = next(t for t in short.axes[0].texts if t.get_text() == "5.00")
+    assert low.xy[1] == 6.0 and low.get_va() == "bottom"  # above the error bar of a short bar
+    assert sorted(float(t.get_text()) for t in papers) == [32.0, 78.34, 79.36]
+    assert ax.get_ylim()[0] == 0  # bar heights proportional to the values by default
+    assert "std over seeds" in ax.get_xlabel()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Mean", "Mean@0.1"]
+    assert viz.plot_metric_bars(table, zoom=True).axes[0].get_ylim()[0] > 10  # zoom: truncated on request only
     with pytest.raises(ValueError, match=r"table\['x'\]\['Mean'\]"):
         viz.plot_metric_bars({"x": {"Mean": "high"}})
 
@@ -342,20 +404,52 @@ def test_explorer_render_static_and_widget(rng, tmp_path):
     # merged bins drawn in student pixels: teacher class j*m at (j*m - 0.5)/k, divided by the scale 4
     np.testing.assert_allclose([p.get_x() for p in bars], (np.arange(32) * 4 - 0.5) / 2 / 4)
     teacher_fig = explorer.render_static(0, 0, "teacher")
-    assert len(teacher_fig.axes) == 3 and not teacher_fig.axes[1].containers
+    assert len(teacher_fig.axes) == 3
+    # the teacher view merges the teacher's own bins for the student's class count (m = 128 / 32 = 4)
+    teacher_bars = next(c for c in teacher_fig.axes[1].containers if isinstance(c, BarContainer))
+    np.testing.assert_allclose([p.get_height() for p in teacher_bars],
+                               explicit_merge(softmax(records[0]["teacher"]["x_logits"][0], 2.0), 4), rtol=1e-6)
+    assert teacher_fig.axes[0].get_title().startswith("sample 0")
+    assert fig.axes[0].get_title().startswith("sample 1")
+    # a student of another resolution under the same teacher: other merged bins (m = 2)
+    wide = [dict(r, student=dict(r["student"], x_logits=rng.normal(size=(16, 64)), y_logits=rng.normal(size=(16, 64))))
+            for r in records]
+    wide_fig = PredictionExplorer(wide, "mpii", tau=2.0).render_static(0, 0, "teacher")
+    wide_bars = next(c for c in wide_fig.axes[1].containers if isinstance(c, BarContainer))
+    assert len(wide_bars) == 64 and len(teacher_bars) == 32
     with pytest.raises(ValueError, match="resolution"):
         explorer.render_static(0, 0, "medium")
     with pytest.raises(ValueError, match="unknown joint name"):
         explorer.render_static(0, "tail", "student")
 
-    pytest.importorskip("ipywidgets")
-    box = explore(explorer)
-    first = explorer.figure
-    assert isinstance(first, Figure)
-    slider = box.children[0].children[0]
-    assert slider.max == 1
-    slider.value = 1
-    assert explorer.figure is not first
+
+def test_figures_render_inline_as_png(rng):
+    """IPython shows a pyplot-free figure as an image, not as '<Figure size ...>' text."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    fig = PredictionExplorer(make_records(rng, n=1), "mpii").render_static(0, 0, "student")
+    data, _ = InteractiveShell.instance().display_formatter.format(fig)
+    assert data["image/png"][:8] == b"\x89PNG\r\n\x1a\n" or data["image/png"].startswith("iVBOR")
+    assert len(data["image/png"]) > 5000
+
+
+def test_explorer_widget_follows_every_control(rng):
+    import ipywidgets  # noqa: F401  (a declared dependency: fail, do not skip, without it)
+    records = make_records(rng, n=2)
+    explorer = PredictionExplorer(records, "mpii", tau=2.0)
+    box = explore(explorer, joint="l_wrist")
+    assert explorer.controls["joint"].value == viz.MPII_JOINTS.index("l_wrist")
+    assert "'l_wrist'" in explorer.figure._suptitle.get_text()
+    seen = [explorer.output.outputs[0]["data"]["image/png"]]
+    assert base64.b64decode(seen[0])[:4] == b"\x89PNG"
+    for name, value in (("sample", 1), ("joint", 3), ("resolution", "teacher"), ("tau", 5.0)):
+        explorer.controls[name].value = value
+        assert len(explorer.output.outputs) == 1
+        seen.append(explorer.output.outputs[0]["data"]["image/png"])
+        assert seen[-1] != seen[-2], f"the image did not change with '{name}'"
+    title = explorer.figure._suptitle.get_text()
+    assert title.startswith("sample 1") and f"'{viz.MPII_JOINTS[3]}'" in title and "teacher" in title
+    assert box.children[0].children[0] is explorer.controls["sample"]
     assert explore(records, "mpii").children
 
 

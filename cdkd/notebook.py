@@ -1,0 +1,159 @@
+"""What the notebooks need around the package: the repository root, default folders, progress lines.
+
+JupyterLab starts a kernel in ``notebooks/``, papermill and the CLI in whatever folder they were
+called from. So that the same parameters give the same data and run folders everywhere, relative
+paths in a notebook's parameters are resolved against the repository root (the folder holding this
+project's ``pyproject.toml`` and ``notebooks/``), never against the kernel's working directory.
+
+Folders (all relative to the root unless given absolute):
+
+* ``data_root`` defaults to ``data/synth`` (git-ignored);
+* ``out_dir`` left empty means ``runs/<preset>`` (git-ignored); ``python -m cdkd reproduce`` passes
+  ``results/<preset>`` explicitly, so nothing a user runs by hand writes into the committed ``results/``.
+
+Progress: tqdm's notebook bars are widgets whose state a headless run (papermill, nbclient) never
+saves, so they stay at 0 % in the executed notebook and print nothing to ``--log-output``.
+:class:`LineProgress` prints plain lines instead; :func:`log_progress` makes training use it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.std import tqdm as _std_tqdm
+
+ROOT_ENV = "CDKD_ROOT"  # set it to force the root (e.g. a checkout elsewhere)
+
+
+def _is_root(folder: Path) -> bool:
+    """True for this project's checkout: ``pyproject.toml`` naming cdkd, beside ``notebooks/``."""
+    project = folder / "pyproject.toml"
+    if not (project.is_file() and (folder / "notebooks").is_dir()):
+        return False
+    return 'name = "cdkd"' in project.read_text(errors="ignore")
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The repository root: ``$CDKD_ROOT``, else the first checkout at or above ``start`` (default:
+    the working directory), else the checkout this package was imported from, else ``start``.
+
+    Args:
+        start: folder to search upwards from.
+
+    Returns:
+        Absolute path of the root.
+    """
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV]).expanduser().resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if _is_root(folder):
+            return folder
+    package_parent = Path(__file__).resolve().parents[1]
+    if _is_root(package_parent):
+        return package_parent
+    return here
+
+
+def resolve(path: str | Path, root: str | Path | None = None) -> Path:
+    """``path`` made absolute: kept when absolute, else taken relative to the repository root."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (Path(root) if root else repo_root()) / p
+
+
+def default_out_dir(out_dir: str | Path, preset: str, root: str | Path | None = None) -> Path:
+    """A notebook's output folder: ``out_dir`` when given, else ``runs/<preset>`` (git-ignored)."""
+    return resolve(out_dir if str(out_dir).strip() else Path("runs") / preset, root)
+
+
+def folders(preset: str, data_root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """The (data_root, out_dir) a notebook works in, both absolute; see the module docstring."""
+    return resolve(data_root), default_out_dir(out_dir, preset)
+
+
+def shown(value: Any, root: str | Path | None = None) -> Any:
+    """``value`` with paths under the repository root written relative to it (for cell outputs:
+    an executed notebook should not carry the absolute paths of the machine it ran on).
+
+    Paths and strings become root-relative strings; dicts, lists and tuples are converted item by
+    item; anything else is returned unchanged.
+    """
+    base = Path(root) if root else repo_root()
+    if isinstance(value, dict):
+        return {k: shown(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(shown(v, base) for v in value)
+    if isinstance(value, Path) or (isinstance(value, str) and value.startswith(str(base))):
+        p = Path(value)
+        try:
+            return p.relative_to(base).as_posix()
+        except ValueError:
+            return str(p)
+    return value
+
+
+class LineProgress(_std_tqdm):
+    """A tqdm bar printed as one plain line every ``mininterval`` seconds (default 30 s).
+
+    Lines (not carriage-return redraws, not widgets) read well in papermill's ``--log-output``, in an
+    executed notebook's stored output and in a log file.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("mininterval", float(os.environ.get("CDKD_PROGRESS_SECONDS", 30)))
+        self._lines = kwargs.get("file") or sys.stdout  # where our lines go
+        kwargs["file"] = io.StringIO()  # tqdm's own redraws and newlines go nowhere
+        kwargs["dynamic_ncols"] = False
+        kwargs["ncols"] = 0  # no bar graphic: counts, rate, elapsed, postfix
+        kwargs["ascii"] = True
+        self._last_line, self._last_n = 0.0, -1
+        super().__init__(*args, **kwargs)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        if msg == "":  # tqdm clearing the bar: lines stay
+            return True
+        text = msg if msg is not None else self.__str__()
+        now = time.monotonic()
+        if self.n == self._last_n or (self.n and self.total and self.n < self.total
+                                      and now - self._last_line < self.mininterval):
+            return True  # nothing new, or too soon: the end of a run is always printed
+        self._emit(text, now)
+        return True
+
+    def _emit(self, text: str, now: float) -> None:
+        self._last_line, self._last_n = now, self.n
+        self._lines.write(text.strip() + "\n")
+        self._lines.flush()
+        self.fp.seek(0)
+        self.fp.truncate()
+
+    def close(self) -> None:
+        """Print the final state (tqdm's ``leave=False`` would only clear the bar), then close."""
+        if not self.disable and self.n != self._last_n:
+            self._emit(self.__str__(), time.monotonic())
+        super().close()
+
+
+def log_progress(seconds: float = 30.0) -> type:
+    """Make training and evaluation (``cdkd.engine``) report progress as a line every ``seconds``.
+
+    A stopgap until the engine takes its progress class as an option: it replaces the ``tqdm`` name
+    the training and evaluation modules use, in this process only. Besides readable logs, this
+    avoids tqdm's notebook widget bar inside the training loop, which in a Jupyter kernel left
+    "AssertionError: can only test a child process" on stderr when DataLoader workers were forked.
+
+    Returns:
+        The progress class now in use.
+    """
+    import cdkd.engine.evaluate as evaluate
+    import cdkd.engine.train as train
+
+    os.environ["CDKD_PROGRESS_SECONDS"] = str(seconds)
+    train.tqdm = LineProgress
+    evaluate.tqdm = LineProgress
+    return LineProgress
