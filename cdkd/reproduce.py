@@ -80,6 +80,9 @@ def execute(notebook: str, out_path: Path, parameters: dict, cwd: Path, log_outp
     return seconds
 
 
+ABLATION_LIST = "projector-ensemble,sape,necm,cca-etht,conv-feature,fc-feature,fc-logit,centred-merge"
+
+
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     """(notebook, executed copy name, parameters) in order."""
     common = {"preset": args.preset, "data_root": args.data_root, "out_dir": args.out, "device": args.device,
@@ -92,8 +95,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
         for seed in args.seeds:
             steps.append(("03_distill.ipynb", f"03_distill_r{res}_s{seed}.ipynb",
                           {**common, "res": res, "seed": seed, "variants": args.variants}))
-    if args.ablations:
-        steps.append(("06_ablations.ipynb", "06_ablations.ipynb", {**common, "res": args.res[-1]}))
+    if args.shares or args.ablations:  # the weight sweep (its share 0 is the seed's baseline, reused) and ablations
+        steps.append(("06_ablations.ipynb", "06_ablations.ipynb",
+                      {**common, "res": args.sweep_res, "seed": args.seeds[0], "shares": args.shares,
+                       "ablations": ABLATION_LIST if args.ablations else ""}))
     steps.append(("04_evaluate.ipynb", "04_evaluate.ipynb",
                   {"out_dir": args.out, "dataset": "mpii", "title": args.title, "note": args.note}))
     for res in args.res:
@@ -112,11 +117,16 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
     p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
                    help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
-    p.add_argument("--epochs", type=int, default=0, help="0: the presets' epochs")
-    p.add_argument("--n-train", type=int, default=4000)
-    p.add_argument("--n-val", type=int, default=1000)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--ablations", action="store_true", help="also run notebook 06 (Tables III, V, VI)")
+    p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
+    p.add_argument("--n-train", type=int, default=4000, help="synthetic training persons (default: 4000)")
+    p.add_argument("--n-val", type=int, default=1000, help="synthetic validation persons (default: 1000)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--shares", default="0,0.05,0.15,0.3,0.45",
+                   help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
+                        "comma-separated; '' skips it (default: 0,0.05,0.15,0.3,0.45)")
+    p.add_argument("--sweep-res", type=int, default=32, help="resolution of the sweep and the ablations (default: 32)")
+    p.add_argument("--ablations", action="store_true",
+                   help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")
     args = p.parse_args(argv)
     args.out = args.out or f"results/{args.preset}"
     args.data_root = args.data_root or ("data/tiny" if args.preset == "tiny" else "data/synth")

@@ -966,6 +966,40 @@ def plot_temperature(run_dir: str | Path, save: str | Path | None = None) -> Fig
     return finish_figure(fig, save)
 
 
+def plot_share_sweep(points: Sequence[Mapping[str, Any]], ylabel: str = "PCKh@0.5 Mean",
+                     save: str | Path | None = None) -> Figure:
+    """The distillation-weight sweep (beyond the paper): the main metric against the distillation
+    terms' share of the student's update, from :func:`cdkd.report.share_sweep`.
+
+    Args:
+        points: dicts with 'target' (requested share per term; 0 = the baseline), 'measured' (the
+            feature + logit share measured in the last epoch) and 'metric'.
+        ylabel: the metric's name.
+        save: optional output path.
+
+    Returns:
+        Figure with one axis: the metric at each measured total share, labelled with the requested
+        per-term share.
+    """
+    fig = NotebookFigure(figsize=(6, 3.6), layout="constrained")
+    ax = fig.subplots()
+    if not points:
+        note_axis(ax, "no sweep runs found")
+        return finish_figure(fig, save)
+    x = [100.0 * float(p["measured"]) for p in points]
+    y = [float(p["metric"]) for p in points]
+    ax.plot(x, y, "o-", color=STUDENT_COLOR, linewidth=1.4)
+    for xi, yi, p in zip(x, y, points):
+        ax.annotate(f"S={float(p['target']):g}", (xi, yi), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.axhline(y[0] if float(points[0]["target"]) == 0 else np.nan, color="0.5", linestyle=":", linewidth=1,
+               label="baseline (no distillation)")
+    ax.set_xlabel("distillation share of the update, measured (%)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("CDKD (paper form): distillation weight sweep, one seed", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return finish_figure(fig, save)
+
+
 def sau_columns(steps: Mapping[str, np.ndarray]) -> list[str]:
     """The ``sau_w<k>`` columns of a training record, in projector order."""
     found = [c for c in steps if c.startswith("sau_w") and c[5:].isdigit()]

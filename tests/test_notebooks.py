@@ -42,8 +42,12 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     summary = (out / "summary.md").read_text()
     assert "| SimCC (baseline) | 32x32 | 1 |" in summary and "| CDKD (paper) | 64x64 | 1 |" in summary
     assert "Did CDKD beat the baseline?" in summary and "Run time" in summary
+    assert "control: CDKD (paper), untrained teacher" in summary and "95% CI" in summary
     ablations = (out / "ablations.md").read_text()
     assert "| necm |" in ablations and "| conv-feature |" in ablations
+    sweep = (out / "share_sweep.md").read_text().splitlines()
+    assert len(sweep) == 2 + 5  # header + the 5 default shares (0 is the seed's baseline run)
+    assert (out / "figures" / "06_share_sweep.png").stat().st_size > 5000
     timing = json.loads((out / "timing.json").read_text())
     assert len(timing["steps"]) == len(executed)
     nb = nbformat.read(out / "04_evaluate.ipynb", as_version=4)
