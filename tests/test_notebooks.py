@@ -192,6 +192,9 @@ def test_method_walkthrough_checks_the_equations(tmp_path):
     total = cell_value(next(c for k, c in by_source.items() if k.startswith('{"L_total"')))
     assert math.isclose(total["L_total"], total["L_ori + alpha L_fea + beta L_logit"], rel_tol=1e-6)
     reversal = cell_value(by_source["xi = etht.xi_schedule(3, 10)"])
-    assert math.isclose(reversal["ratio (= -xi)"], -reversal["xi"], rel_tol=1e-4) and reversal["xi"] > 0
+    assert math.isclose(reversal["ratio (= -1)"], -1.0, rel_tol=1e-4) and reversal["xi"] > 0
+    step = cell_value(next(c for k, c in by_source.items() if k.startswith("anchor = ")))
+    assert math.isclose(step["theta step / (lr x xi x dL/dtheta)"], 1.0, rel_tol=1e-3)  # xi applied exactly once
+    assert step["L_logit"][1] > step["L_logit"][0]
     assert png_outputs(by_source["from cdkd import viz"])
     assert sorted(NOTEBOOK_DIR.iterdir()) == before, "the kernel ran in notebooks/ and created nothing there"
