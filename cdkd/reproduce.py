@@ -108,7 +108,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
 
 
 def cli(argv: list[str], command: str = "reproduce") -> int:
-    p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")

@@ -18,7 +18,7 @@ def cli(argv: list[str], command: str = "data") -> int:
     Returns:
         Process exit status (0 on success).
     """
-    parser = argparse.ArgumentParser(prog=f"python -m cdkd {command}", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=f"python -m cdkd {command}", description=__doc__.splitlines()[0].replace("``", ""))
     actions = parser.add_subparsers(dest="action", required=True)
     synth = actions.add_parser("synth", help="generate the synthetic people dataset (COCO + MPII formats)")
     synth.add_argument("--out", default="data/synth", help="output folder (default: data/synth)")

@@ -55,8 +55,12 @@ class Recorder:
     def epoch(self, epoch: int, values: dict) -> None:
         if not self.enabled:
             return
-        with open(self.run_dir / "epochs.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": epoch, **values}) + "\n")
+        # rewritten whole through a temporary file: a kill leaves the old or the new file, never half a line
+        from cdkd.engine.run import atomic_write_text
+
+        path = self.run_dir / "epochs.jsonl"
+        before = path.read_text() if path.exists() else ""
+        atomic_write_text(path, before + json.dumps({"epoch": epoch, **values}) + "\n")
         if self._writer is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)):
