@@ -197,7 +197,7 @@ def train_students(preset: str, variants: str | list[str], res: int, seed: int, 
                    sape: bool = True, cca: bool = True, etht: bool = True, force: bool = False,
                    **kwargs) -> dict[str, Path]:
     """Train each variant (``'baseline,cdkd-paper,cdkd-official'``) at ``res``; returns run folders."""
-    names = [v.strip() for v in variants.split(",")] if isinstance(variants, str) else list(variants)
+    names = [v.strip() for v in variants.split(",") if v.strip()] if isinstance(variants, str) else list(variants)
     switches = switch_overrides(sape, cca, etht)
     extra = tuple(kwargs.pop("extra", ()))
     runs = {}

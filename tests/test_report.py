@@ -73,3 +73,11 @@ def test_summary_and_ablation_tables(results):
     assert "| teacher | 128x128 | 1 |" in text
     assert "| necm | 31.50 | 78.772 |" in ablation_table(results, 32, 0)
     assert "Head" in markdown_table(load_runs(results / "runs"), "mpii")
+
+
+def test_an_empty_variant_list_trains_nothing(tmp_path):
+    """Notebook 06 with ablations="" (the main job runs only its sweep) must not ask for a variant ''."""
+    from cdkd.pipeline import train_students
+
+    assert train_students("tiny", "", 32, 0, tmp_path) == {}
+    assert train_students("tiny", " , ", 32, 0, tmp_path) == {}
