@@ -41,7 +41,14 @@ def variant_label(record: dict) -> str | None:
     variant = record.get("variant") or record.get("config", {}).get("train", {}).get("variant")
     if not variant or variant in ("teacher", "distill"):  # no arm recorded: labelled by its mode
         return None
+    if variant.startswith("share-"):
+        return f"sweep: share {variant[len('share-'):]} per term"
     return VARIANT_LABELS.get(variant, f"ablation: {variant}")
+
+
+def is_study_arm(record: dict) -> bool:
+    """A run of the paired study (not the teacher, not a single-seed sweep point; see :func:`share_sweep`)."""
+    return record["label"] != "teacher" and not record["label"].startswith("sweep:")
 
 
 def load_runs(root: str | Path) -> list[dict]:
@@ -171,7 +178,7 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
     baseline only when the whole interval is above zero."""
     column = "Mean" if dataset == "mpii" else "AP"
     out = []
-    labels = sorted({r["label"] for r in runs if r["label"] not in ("SimCC (baseline)", "teacher")})
+    labels = sorted({r["label"] for r in runs if is_study_arm(r) and r["label"] != "SimCC (baseline)"})
     for res in sorted({r["resolution"] for r in runs if r["label"] != "teacher"}):
         for label in labels:
             d = paired_difference(runs, label, res, column)
@@ -195,7 +202,7 @@ def arms_table(runs: list[dict], dataset: str) -> str:
     head = ["Res", "Arm", "Seeds", f"{column} (mean ± std)", "Δ vs baseline", "95% CI", "t-test p",
             "Wilcoxon p", "final tau", "final xi", "alpha", "beta", "distill. share"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    students = [r for r in runs if r["label"] != "teacher"]
+    students = [r for r in runs if is_study_arm(r)]
     for res in sorted({r["resolution"] for r in students}):
         here = [r for r in students if r["resolution"] == res]
         for label in sorted({r["label"] for r in here}, key=lambda x: (x != "SimCC (baseline)", x)):

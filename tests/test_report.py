@@ -6,7 +6,7 @@ import math
 import pytest
 
 from cdkd.config import config_from_dict, config_to_dict
-from cdkd.report import ablation_table, load_runs, markdown_table, paired_difference, summarize, verdict, write_summary
+from cdkd.report import ablation_table, arms_table, load_runs, markdown_table, paired_difference, summarize, verdict, write_summary
 
 
 def write_run(root, folder, mode, fidelity, seed, res, mean, feature="sape"):
@@ -81,3 +81,14 @@ def test_an_empty_variant_list_trains_nothing(tmp_path):
 
     assert train_students("tiny", "", 32, 0, tmp_path) == {}
     assert train_students("tiny", " , ", 32, 0, tmp_path) == {}
+
+
+def test_sweep_points_are_not_study_arms(tmp_path):
+    for seed, (b, p) in enumerate([(30.0, 33.0), (31.0, 34.5)]):
+        write_run(tmp_path, f"r32_s{seed}_baseline", "baseline", "paper", seed, 32, b)
+        write_run(tmp_path, f"r32_s{seed}_cdkd-paper", "distill", "paper", seed, 32, p)
+    write_run(tmp_path, "r32_s0_share-0.3", "distill", "paper", 0, 32, 29.0)
+    runs = load_runs(tmp_path / "runs")
+    assert "sweep: share 0.3 per term" in {r["label"] for r in runs}
+    assert not any("sweep" in line for line in verdict(runs, "mpii"))
+    assert "sweep" not in arms_table(runs, "mpii")
