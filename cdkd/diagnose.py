@@ -255,25 +255,23 @@ def cli(argv: list[str], command: str = "diagnose") -> int:
     p.add_argument("--batches", type=int, default=4, help="training batches to average over (default: 4)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
-    from cdkd.checkpoint import CheckpointError
-    from cdkd.config import ConfigError, load_config
-    from cdkd.data import DataError
+    from cdkd.engine.cli import run_command
 
+    return run_command(command, lambda: _diagnose(args))
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    """The body of :func:`cli`: measure and print."""
+    from cdkd.config import ConfigError, load_config
+
+    if args.batches <= 0:
+        raise ConfigError(f"--batches must be positive, got {args.batches}")
+    cfg = load_config(args.config, args.overrides)
+    t = build_for_diagnosis(cfg)
     try:
-        if args.batches <= 0:
-            raise ConfigError(f"--batches must be positive, got {args.batches}")
-        cfg = load_config(args.config, args.overrides)
-        t = build_for_diagnosis(cfg)
-        try:
-            result = measure(t, args.batches)
-        finally:
-            shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
-    except ConfigError as err:
-        print(f"cdkd diagnose: config error: {err}", file=sys.stderr)
-        return 2
-    except (DataError, CheckpointError, FileNotFoundError) as err:
-        print(f"cdkd diagnose: {err}", file=sys.stderr)
-        return 2
+        result = measure(t, args.batches)
+    finally:
+        shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
     result["config"] = args.config
     result["teacher"] = t.teacher_source
     if args.json:

@@ -13,25 +13,10 @@ import pytest
 import torch
 
 from cdkd.config import ConfigError, load_config
-from cdkd.data.synthetic import synthesize
 from cdkd.diagnose import calibrate, measure, part_gradients, shares_from
 from cdkd.engine.train import build_training, compute_losses, fit
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, train=48, val=16, seed=5)
-    return root
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(synth, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config("tiny_teacher", [f"data.root={synth}/mpii", "train.max_steps_per_epoch=2"])
-    return fit(cfg, run_dir=out / "teacher") / "best.pth"
 
 
 def student(synth, teacher, *extra):

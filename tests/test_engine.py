@@ -14,27 +14,10 @@ import torch
 
 from cdkd.checkpoint import load_checkpoint
 from cdkd.config import ConfigError, load_config
-from cdkd.data.synthetic import synthesize
 from cdkd.engine.evaluate import evaluate, score_predictions
 from cdkd.engine.train import build_training, compute_losses, fit
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, train=48, val=16, seed=3)
-    return root
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(synth, tmp_path_factory):
-    """A (briefly trained) tiny teacher at 64x64 for the distillation tests."""
-    out = tmp_path_factory.mktemp("teacher")
-    cfg = load_config("tiny_teacher", [f"data.root={synth}/mpii", "train.max_steps_per_epoch=2"])
-    run = fit(cfg, run_dir=out / "teacher")
-    return run / "best.pth"
 
 
 def tiny(mode: str, synth: Path, *extra: str, teacher: Path | None = None):

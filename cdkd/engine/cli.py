@@ -104,15 +104,16 @@ def one_line(err: BaseException) -> str:
     return " ".join(lines)
 
 
-def cli(argv: list[str], command: str = "train") -> int:
-    """Run the command; bad input (config, data, checkpoint, files) ends with a one-line message and
-    exit code 2, not a traceback."""
+def run_command(command: str, main) -> int:
+    """Run ``main()`` (a command's body); bad input (config, data, checkpoint, files) ends with a
+    one-line message and exit code 2, not a traceback. Used by every ``python -m cdkd`` command that
+    trains or evaluates."""
     from cdkd.checkpoint import CheckpointError
     from cdkd.data import DataError
     from cdkd.engine.train import RunFolderError
 
     try:
-        return train_main(argv) if command == "train" else eval_main(argv)
+        return main()
     except RunFolderError as err:
         print(f"cdkd {command}: {one_line(err)}", file=sys.stderr)
         return 2
@@ -126,3 +127,8 @@ def cli(argv: list[str], command: str = "train") -> int:
         where = f" ({err.filename})" if getattr(err, "filename", None) else ""
         print(f"cdkd {command}: {err.strerror or one_line(err)}{where}", file=sys.stderr)
         return 2
+
+
+def cli(argv: list[str], command: str = "train") -> int:
+    """``python -m cdkd train`` / ``eval`` (errors: :func:`run_command`)."""
+    return run_command(command, lambda: train_main(argv) if command == "train" else eval_main(argv))
