@@ -124,27 +124,15 @@ def measure(t, batches: int = 4, loader=None) -> dict:
     Args:
         t: a :class:`cdkd.engine.train.Training` (built, not yet trained, or loaded).
         batches: number of batches to average over.
-        loader: batches to use (default: epoch 0's training loader).
+        loader: batches to use (default: epoch 0's training loader, drawn as :func:`calibrate`
+            draws them, so both see the same batches).
 
     Returns:
         :func:`shares_from`'s dict (norms averaged over the batches, v = mean squared total
         gradient), plus 'batches', 'alpha', 'beta', 'loss_weight' and the per-batch shares.
     """
-    from cdkd.engine.train import compute_losses, make_loader
-
     params = student_parameters(t)
-    loader = loader if loader is not None else make_loader(t, 0)
-    t.model.train()
-    if t.distiller is not None:
-        t.distiller.train()
-    per_batch = []
-    for i, batch in enumerate(loader):
-        if i >= batches:
-            break
-        _, _, parts = compute_losses(t, batch)
-        per_batch.append(part_gradients(parts, params))
-    if not per_batch:
-        raise ValueError("diagnose: the training set gave no batch")
+    per_batch = batch_gradients(t, params, batches, loader)
     second = [torch.stack([sum(g[k][j] for k in PARTS) ** 2 for g in per_batch]).mean(0) for j in range(len(params))]
     norms = [shares_from(g, second) for g in per_batch]
     mean = {key: {k: sum(n[key][k] for n in norms) / len(norms) for k in norms[0][key]}
@@ -184,6 +172,30 @@ def seeded(seed: int):
         torch.set_rng_state(states[2])
 
 
+def batch_gradients(t, params: list[nn.Parameter], batches: int, loader=None) -> list[dict[str, list[Tensor]]]:
+    """:func:`part_gradients` of the first ``batches`` training batches, in training mode.
+
+    The default batches are epoch 0's, drawn under :func:`seeded` from ``train.seed``, so the same
+    config always measures the same batches (``diagnose`` and :func:`calibrate` agree, and a resumed
+    run recomputes the same calibrated weights).
+    """
+    from cdkd.engine.train import compute_losses, make_loader
+
+    t.model.train()
+    if t.distiller is not None:
+        t.distiller.train()
+    out = []
+    with seeded(t.cfg.train.seed) if loader is None else contextlib.nullcontext():
+        for i, batch in enumerate(loader if loader is not None else make_loader(t, 0)):
+            if i >= batches:
+                break
+            _, _, parts = compute_losses(t, batch)
+            out.append(part_gradients(parts, params))
+    if not out:
+        raise ValueError("diagnose: the training set gave no batch")
+    return out
+
+
 def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
     """alpha and beta such that each distillation term has ``share`` of the update (a rule fixed a
     priori, from the first training batches; never from validation).
@@ -202,7 +214,6 @@ def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
         (alpha, beta); a term that is off keeps its configured weight.
     """
     from cdkd.config import ConfigError
-    from cdkd.engine.train import compute_losses, make_loader
 
     d = t.cfg.distill
     active = [k for k, on in (("feature", d.feature != "none"), ("logit", d.logit != "none")) if on]
@@ -218,13 +229,7 @@ def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
     for name in active:
         if unit[name] == 0:
             raise ConfigError(f"config key 'distill.calibrate_share' needs a non-zero distill.{'alpha' if name == 'feature' else 'beta'}")
-    grads = []
-    with seeded(t.cfg.train.seed):  # the same batches every time (a resumed run recomputes the same weights)
-        for i, batch in enumerate(make_loader(t, 0)):
-            if i >= batches:
-                break
-            _, _, parts = compute_losses(t, batch)
-            grads.append(part_gradients(parts, params))
+    grads = batch_gradients(t, params, batches)
     second = [torch.stack([g["task"][j] ** 2 for g in grads]).mean(0) for j in range(len(params))]
     norms = [shares_from(g, second)["update_norm"] for g in grads]
     mean = {k: sum(n[k] for n in norms) / len(norms) for k in PARTS}
@@ -267,11 +272,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     if args.batches <= 0:
         raise ConfigError(f"--batches must be positive, got {args.batches}")
     cfg = load_config(args.config, args.overrides)
-    t = build_for_diagnosis(cfg)
-    try:
-        result = measure(t, args.batches)
-    finally:
-        shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
+    with contextlib.redirect_stdout(sys.stderr):  # progress and calibration messages; stdout is the result
+        t = build_for_diagnosis(cfg)
+        try:
+            result = measure(t, args.batches)
+        finally:
+            shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
     result["config"] = args.config
     result["teacher"] = t.teacher_source
     if args.json:

@@ -253,10 +253,11 @@ def paper_table(dataset: str) -> dict[str, dict[str, float]]:
 
 
 def bar_table(runs: list[dict], dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """label -> {resolution: (mean, std)} of the main metric, for ``viz.plot_metric_bars``."""
+    """label -> {resolution: (mean, std)} of the main metric over the study's arms (no teacher, no
+    single-seed sweep point), for ``viz.plot_metric_bars``."""
     main = "Mean" if dataset == "mpii" else "AP"
     out: dict[str, dict[str, tuple[float, float]]] = {}
-    for (label, res), row in summarize([r for r in runs if r["label"] != "teacher"], (main,)).items():
+    for (label, res), row in summarize([r for r in runs if is_study_arm(r)], (main,)).items():
         mean, std, _ = row[main]
         out.setdefault(label, {})[f"{res}x{res}"] = (mean, std)
     return out

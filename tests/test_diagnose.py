@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -117,3 +118,36 @@ def test_diagnose_cli_on_a_paper_preset_without_its_teacher(synth):
     bad = subprocess.run([sys.executable, "-m", "cdkd", "diagnose", "--config", "no_such_preset"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no preset named" in bad.stderr and "Traceback" not in bad.stderr
+
+
+PRESETS = sorted(p.stem for p in (REPO / "cdkd" / "presets").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", PRESETS)
+def test_diagnose_runs_on_every_preset_with_its_own_models(preset, synth):
+    """Every preset, with its real architectures and resolutions (only the batch is made small and the
+    data synthetic): the shares are a distribution, and a term that is off (teacher, baseline) or
+    detached (the released feature term) has none."""
+    from cdkd.diagnose import build_for_diagnosis
+
+    fmt = "coco" if preset.startswith("coco") else "mpii"
+    extra = [f"data.root={synth}/{fmt}", "train.batch_size=2", "data.workers=0"]
+    if fmt == "coco":
+        extra += ["data.train_set=train", "data.val_set=val", "data.det_file="]
+    cfg = load_config(preset, extra)
+    no_teacher = cfg.train.mode == "distill" and not (
+        cfg.teacher.random or (cfg.teacher.checkpoint and Path(cfg.teacher.checkpoint).exists()))
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED") if no_teacher else contextlib.nullcontext():
+        t = build_for_diagnosis(cfg)
+    out = measure(t, 1)
+    shares = out["shares"]
+    assert sum(shares.values()) == pytest.approx(1.0) and all(0.0 <= v <= 1.0 for v in shares.values())
+    assert shares["task"] > 0
+    if cfg.train.mode != "distill":
+        assert shares["feature"] == 0.0 and shares["logit"] == 0.0
+    else:
+        d = cfg.distill
+        assert (shares["logit"] > 0) == (d.logit != "none" and d.beta != 0)
+        feature_flows = d.feature != "none" and d.alpha != 0 and not t.distiller.fidelity.detach_student_feature
+        assert (shares["feature"] > 0) == feature_flows

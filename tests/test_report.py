@@ -6,7 +6,7 @@ import math
 import pytest
 
 from cdkd.config import config_from_dict, config_to_dict
-from cdkd.report import ablation_table, arms_table, load_runs, markdown_table, paired_difference, summarize, verdict, write_summary
+from cdkd.report import ablation_table, arms_table, bar_table, load_runs, markdown_table, paired_difference, summarize, verdict, write_summary
 
 
 def write_run(root, folder, mode, fidelity, seed, res, mean, feature="sape"):
@@ -92,3 +92,6 @@ def test_sweep_points_are_not_study_arms(tmp_path):
     assert "sweep: share 0.3 per term" in {r["label"] for r in runs}
     assert not any("sweep" in line for line in verdict(runs, "mpii"))
     assert "sweep" not in arms_table(runs, "mpii")
+    bars = bar_table(runs, "mpii")  # figure 04
+    assert set(bars) == {"SimCC (baseline)", "CDKD (paper)"}
+    assert bars["CDKD (paper)"]["32x32"][0] == pytest.approx(33.75)
