@@ -12,7 +12,7 @@ from cdkd.config import Config
 from cdkd.data import DataError
 from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
 from cdkd.data.mpii import MPII_META, load_mpii_json
-from cdkd.evaluation.mpii import load_gt_valid, write_gt_valid
+from cdkd.metrics.mpii import load_gt_valid, write_gt_valid
 from cdkd.data.topdown import TopDownDataset, build_dataset
 
 REAL = Path(__file__).parents[2] / "shared" / "realsamples"

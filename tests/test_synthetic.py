@@ -13,7 +13,7 @@ from cdkd.config import Config
 from cdkd.data import DataError
 from cdkd.data.coco import COCO_META, load_coco_api
 from cdkd.data.mpii import MPII_META
-from cdkd.evaluation.mpii import load_gt_valid
+from cdkd.metrics.mpii import load_gt_valid
 from cdkd.data.synthetic import ensure_synthetic, synthesize
 from cdkd.data.topdown import build_dataset
 

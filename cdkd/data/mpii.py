@@ -9,8 +9,8 @@ shifted to 0-based pixels. A record keeps the annotation's optional ``head_box``
 
 PCKh ground truth lives in ``annot/gt_valid.mat`` (``jnt_missing`` [16, N], ``pos_gt_src``
 [16, 2, N], ``headboxes_src`` [2, 2, N] in 1-based pixels, ``dataset_joints`` names), column
-``n`` matching entry ``n`` of ``valid.json``. :func:`cdkd.evaluation.mpii.load_gt_valid` reads it and
-:func:`cdkd.evaluation.mpii.write_gt_valid` writes it (used by ``synthetic.py``).
+``n`` matching entry ``n`` of ``valid.json``. :func:`cdkd.metrics.mpii.load_gt_valid` reads it and
+:func:`cdkd.metrics.mpii.write_gt_valid` writes it (used by ``synthetic.py``).
 """
 
 from __future__ import annotations

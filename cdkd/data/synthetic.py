@@ -800,7 +800,7 @@ def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: i
     mpii_name = "train" if split == "train" else "valid"
     _write_json(out / "mpii" / "annot" / f"{mpii_name}.json", mpii)
     if split == "val":
-        from cdkd.evaluation.mpii import write_gt_valid
+        from cdkd.metrics.mpii import write_gt_valid
 
         _write_json(out / "coco" / "person_detection_results" / "det_val.json", detections)
         write_gt_valid(out / "mpii" / "annot" / "gt_valid.mat", np.stack(pos) - 1.0,  # 0-based [N, 16, 2]
