@@ -89,11 +89,9 @@ def mirrored_stand_in(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``W*k - k - c``; the last k - 1 bins repeat the edge). Then the flip-test average equals the plain
     prediction and the AP of both modes agrees.
     """
-    from cdkd.data.coco import COCO_META
+    from cdkd.joints import COCO_META, flip_permutation
 
-    swap = np.arange(J)
-    for a, b in COCO_META.flip_pairs:
-        swap[a], swap[b] = b, a
+    swap = flip_permutation(COCO_META.flip_pairs, J)
     shift = round(K) - 1
     rev = x[:, swap, ::-1]  # [N, J, W*k]
     fx = np.concatenate([rev[..., shift:], np.repeat(rev[..., -1:], shift, axis=-1)], axis=-1)
@@ -103,7 +101,7 @@ def mirrored_stand_in(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
 def evaluate(out: dict, gt_path: Path, flip: bool, chunk: int = 1024) -> tuple[dict, dict]:
     """The timed part: decode (+ flip average), map back, rescoring + OKS-NMS + COCOeval."""
     from cdkd.codec import decode, flip_back
-    from cdkd.data.coco import COCO_META
+    from cdkd.joints import COCO_META
     from cdkd.data.transforms import transform_preds
     from cdkd.metrics import coco_keypoint_eval, select_results
 

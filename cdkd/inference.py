@@ -31,6 +31,7 @@ from torch import nn
 from cdkd.codec import decode, flip_back
 from cdkd.data.topdown import normalize, read_image
 from cdkd.data.transforms import box_to_center_scale, get_affine_transform, transform_preds
+from cdkd.joints import meta_for
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -41,14 +42,9 @@ def default_flip_pairs(num_joints: int) -> tuple[tuple[int, int], ...]:
     Raises:
         ValueError: for any other J (pass ``flip_pairs`` to :func:`predict`, or ``flip=False``).
     """
-    if num_joints == 17:
-        from cdkd.data.coco import COCO_META
-
-        return COCO_META.flip_pairs
-    if num_joints == 16:
-        from cdkd.data.mpii import MPII_META
-
-        return MPII_META.flip_pairs
+    meta = meta_for(num_joints=num_joints)
+    if meta is not None:
+        return meta.flip_pairs
     raise ValueError(
         f"flip test needs the left/right joint pairs: known for J=17 (COCO) and J=16 (MPII), but the "
         f"model has J={num_joints}; pass flip_pairs=... or flip=False"

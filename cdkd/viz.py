@@ -47,29 +47,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-COCO_JOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-COCO_SKELETON = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-)  # fmt: skip
-MPII_JOINTS = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
-)  # fmt: skip
-MPII_SKELETON = (
-    (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
-    (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
-)  # fmt: skip
-
-JOINT_NAMES: dict[str, tuple[str, ...]] = {"coco": COCO_JOINTS, "mpii": MPII_JOINTS}
-SKELETONS: dict[str, tuple[tuple[int, int], ...]] = {"coco": COCO_SKELETON, "mpii": MPII_SKELETON}
+from cdkd.data.topdown import IMAGENET_MEAN, IMAGENET_STD
+from cdkd.joints import JOINTS_META
 
 LEFT_COLOR = "#1f77b4"
 RIGHT_COLOR = "#d62728"
@@ -160,7 +139,7 @@ def note_axis(ax: Axes, text: str) -> None:
 
 
 def joint_names(dataset_name: str, num_joints: int | None = None) -> tuple[str, ...]:
-    """Joint names of a dataset, or ``joint0..`` for an unknown layout.
+    """Joint names of a dataset (:mod:`cdkd.joints`), or ``joint0..`` for an unknown layout.
 
     Args:
         dataset_name: 'coco' or 'mpii' (any other name gives generic names).
@@ -169,19 +148,16 @@ def joint_names(dataset_name: str, num_joints: int | None = None) -> tuple[str, 
     Returns:
         Tuple of J names.
     """
-    names = JOINT_NAMES.get(dataset_name.lower(), ())
-    if num_joints is None:
-        num_joints = len(names)
-    if len(names) != num_joints:
-        return tuple(f"joint{j}" for j in range(num_joints))
-    return names
+    meta = JOINTS_META.get(dataset_name.lower())
+    if meta is not None and num_joints in (None, meta.num_joints):
+        return meta.joint_names
+    return tuple(f"joint{j}" for j in range(num_joints or 0))
 
 
 def skeleton_for(dataset_name: str, num_joints: int) -> tuple[tuple[int, int], ...]:
     """The dataset's limbs when its joint count matches ``num_joints``, else no limbs."""
-    if len(JOINT_NAMES.get(dataset_name.lower(), ())) != num_joints:
-        return ()
-    return SKELETONS[dataset_name.lower()]
+    meta = JOINTS_META.get(dataset_name.lower())
+    return meta.skeleton if meta is not None and meta.num_joints == num_joints else ()
 
 
 def joint_index(joint: int | str, names: Sequence[str]) -> int:
@@ -278,7 +254,7 @@ def draw_keypoints(
         ax: matplotlib axis.
         image: uint8 [h, w, 3], a normalised [3, h, w] tensor, or None to draw keypoints only.
         joints: [J, 2] or [J, 3] keypoints in the image's pixels.
-        skeleton: pairs of joint indices to connect (``COCO_SKELETON``, ``MPII_SKELETON``).
+        skeleton: pairs of joint indices to connect (``COCO_META.skeleton`` of :mod:`cdkd.joints`).
         color: one colour for everything; None colours by body side (needs ``names``).
         score_thr: joints with score <= this are hidden.
         names: joint names, used for side colours.

@@ -10,10 +10,11 @@ import torch
 
 from cdkd.config import Config
 from cdkd.data import DataError
-from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
-from cdkd.data.mpii import MPII_META, load_mpii_json
-from cdkd.metrics.mpii import load_gt_valid, write_gt_valid
+from cdkd.data.coco import load_coco_api, load_coco_det, load_coco_gt
+from cdkd.data.mpii import load_mpii_json
 from cdkd.data.topdown import TopDownDataset, build_dataset
+from cdkd.joints import COCO_META, MPII_META
+from cdkd.metrics.mpii import load_gt_valid, write_gt_valid
 
 REAL = Path(__file__).parents[2] / "shared" / "realsamples"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real samples not found at {REAL}")

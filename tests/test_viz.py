@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from cdkd import viz
 from cdkd.explorer import PredictionExplorer, decode_argmax, explore
+from cdkd.joints import COCO_META, JOINTS_META, MPII_META
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -116,14 +117,14 @@ def test_draw_keypoints_hides_invisible_joints_and_their_limbs(rng):
     joints = np.concatenate([rng.uniform(0, 32, (17, 2)), np.ones((17, 1))], axis=1)
     fig = Figure()
     ax = fig.add_subplot()
-    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, viz.COCO_SKELETON, names=viz.COCO_JOINTS)
+    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, COCO_META.skeleton, names=COCO_META.joint_names)
     assert len(full["points"].get_offsets()) == 17
-    assert len(full["limbs"].get_segments()) == len(viz.COCO_SKELETON)
+    assert len(full["limbs"].get_segments()) == len(COCO_META.skeleton)
     joints[15, 2] = 0.0  # left ankle: one limb (15, 13) disappears
     joints[0, 0] = np.nan  # nose: limbs (0, 1), (0, 2) disappear
-    part = viz.draw_keypoints(fig.add_subplot(), None, joints, viz.COCO_SKELETON)
+    part = viz.draw_keypoints(fig.add_subplot(), None, joints, COCO_META.skeleton)
     assert len(part["points"].get_offsets()) == 15
-    assert len(part["limbs"].get_segments()) == len(viz.COCO_SKELETON) - 3
+    assert len(part["limbs"].get_segments()) == len(COCO_META.skeleton) - 3
     np.testing.assert_allclose(part["points"].get_offsets()[0], joints[1, :2])
     with pytest.raises(ValueError, match="beyond J=17"):
         viz.draw_keypoints(ax, None, joints, [(0, 17)])
@@ -131,8 +132,8 @@ def test_draw_keypoints_hides_invisible_joints_and_their_limbs(rng):
 
 def test_skeletons_and_names_are_consistent():
     for name, joints in (("coco", 17), ("mpii", 16)):
-        edges = viz.SKELETONS[name]
-        assert len(viz.JOINT_NAMES[name]) == joints
+        edges = JOINTS_META[name].skeleton
+        assert len(JOINTS_META[name].joint_names) == joints
         assert all(0 <= a < joints and 0 <= b < joints and a != b for a, b in edges)
         assert len(set(map(frozenset, edges))) == len(edges)
         assert {j for e in edges for j in e} == set(range(joints))  # every joint is on a limb
@@ -148,7 +149,7 @@ def test_plot_paired_crops(sample, tmp_path):
     fig = viz.plot_paired_crops(sample, "coco", joint="left_shoulder", save=path)
     assert_png(fig, path)
     ax_t, _ax_s, ax_x, ax_y = fig.axes
-    j = viz.COCO_JOINTS.index("left_shoulder")
+    j = COCO_META.joint_names.index("left_shoulder")
     joints = sample["joints"].numpy()
     # the teacher panel shows the student joints scaled by m = 64 / 16 = 4
     teacher_points = next(c for c in ax_t.collections if isinstance(c, PathCollection)).get_offsets()
@@ -396,7 +397,7 @@ def test_explorer_render_static_and_widget(rng, tmp_path):
     fig = explorer.render_static(1, "l_wrist", "student", save=path)
     assert_png(fig, path)
     assert len(fig.axes) == 3
-    j = viz.MPII_JOINTS.index("l_wrist")
+    j = MPII_META.joint_names.index("l_wrist")
     ax_x = fig.axes[1]
     bars = next(c for c in ax_x.containers if isinstance(c, BarContainer))
     expected = explicit_merge(softmax(records[1]["teacher"]["x_logits"][j], 2.0), 4)
@@ -438,7 +439,7 @@ def test_explorer_widget_follows_every_control(rng):
     records = make_records(rng, n=2)
     explorer = PredictionExplorer(records, "mpii", tau=2.0)
     box = explore(explorer, joint="l_wrist")
-    assert explorer.controls["joint"].value == viz.MPII_JOINTS.index("l_wrist")
+    assert explorer.controls["joint"].value == MPII_META.joint_names.index("l_wrist")
     assert "'l_wrist'" in explorer.figure._suptitle.get_text()
     seen = [explorer.output.outputs[0]["data"]["image/png"]]
     assert base64.b64decode(seen[0])[:4] == b"\x89PNG"
@@ -448,7 +449,7 @@ def test_explorer_widget_follows_every_control(rng):
         seen.append(explorer.output.outputs[0]["data"]["image/png"])
         assert seen[-1] != seen[-2], f"the image did not change with '{name}'"
     title = explorer.figure._suptitle.get_text()
-    assert title.startswith("sample 1") and f"'{viz.MPII_JOINTS[3]}'" in title and "teacher" in title
+    assert title.startswith("sample 1") and f"'{MPII_META.joint_names[3]}'" in title and "teacher" in title
     assert box.children[0].children[0] is explorer.controls["sample"]
     assert explore(records, "mpii").children
 

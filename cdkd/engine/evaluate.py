@@ -99,6 +99,7 @@ def mpii_ground_truth(dataset):
     synthetic annotations carry them).
     """
     from cdkd.data import DataError
+    from cdkd.data.mpii import head_boxes
     from cdkd.metrics.mpii import MPIIGroundTruth, load_gt_valid
 
     records = dataset.records
@@ -115,7 +116,7 @@ def mpii_ground_truth(dataset):
     return MPIIGroundTruth(
         np.stack([r.joints[:, :2] for r in records]),
         np.stack([r.visible > 0 for r in records]),
-        np.stack([np.asarray(r.head_box, dtype=np.float64).reshape(2, 2) for r in records]),
+        head_boxes(records),
     )
 
 
