@@ -86,6 +86,7 @@ def test_real_coco_gt_loads_and_gives_valid_crops():
     for i in range(len(ds)):
         s = ds[i]
         assert s["image"].shape == (3, 64, 48) and s["teacher_image"].shape == (3, 256, 192)
+        assert s["split_ratio"] == 2.0  # figures read k from the sample
         assert torch.isfinite(s["image"]).all() and s["image"].std() > 0.1
         vis = torch.from_numpy(ds.records[i].visible)
         assert (s["target_weight"] <= vis).all() and s["target_weight"].sum() >= 0.5 * vis.sum()

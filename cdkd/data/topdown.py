@@ -238,6 +238,7 @@ class TopDownDataset(Dataset):
             "index": int(index),
             "flipped": int(aug.flip),
             "valid": 1,
+            "split_ratio": float(self.split_ratio),  # k, so that a sample's targets can be read alone
         }
         if self.teacher_size is not None:
             th, tw = self.teacher_size
@@ -265,6 +266,7 @@ class TopDownDataset(Dataset):
             "index": int(index),
             "flipped": 0,
             "valid": 0,
+            "split_ratio": float(self.split_ratio),
         }
         if self.teacher_size is not None:
             sample["teacher_image"] = torch.zeros(3, *self.teacher_size)
