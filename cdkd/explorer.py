@@ -126,7 +126,8 @@ class PredictionExplorer:
                         if key not in s:
                             raise KeyError(f"from_models: dataset sample {start + i} has no '{key}'")
                     images = torch.stack([torch.as_tensor(s[key]) for s in samples]).float().to(device)  # [B, 3, h, w]
-                    coords, scores, x_logits, y_logits = predict_crops(model, images, (), flip=False, return_logits=True)
+                    coords, scores, x_logits, y_logits = predict_crops(model, images, (), flip=False,
+                                                                       return_logits=True)
                     preds = torch.cat([coords, scores[..., None]], dim=-1).double().cpu().numpy()  # [B, J, 3]
                     xs, ys = x_logits.cpu().numpy(), y_logits.cpu().numpy()  # [B, J, W*k], [B, J, H*k]
                     k = float(model.split_ratio)

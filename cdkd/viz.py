@@ -116,7 +116,8 @@ def simcc_probabilities(logits: Any, tau: float = 1.0, merge_to: int | None = No
     """
     if tau <= 0:
         raise ValueError(f"temperature tau must be positive, got {tau}")
-    probs = torch.softmax(torch.from_numpy(np.ascontiguousarray(_numpy(logits, "logits"))) / tau, dim=-1)  # [..., C]
+    z = torch.from_numpy(np.ascontiguousarray(_numpy(logits, "logits")))  # [..., C] float64
+    probs = torch.softmax(z / tau, dim=-1)  # [..., C]
     if merge_to is not None:
         probs = merge_probs(probs, merge_to)  # [..., C_s]
     return probs.numpy()

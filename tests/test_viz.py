@@ -121,7 +121,8 @@ def test_draw_keypoints_hides_invisible_joints_and_their_limbs(rng):
     joints = np.concatenate([rng.uniform(0, 32, (17, 2)), np.ones((17, 1))], axis=1)
     fig = Figure()
     ax = fig.add_subplot()
-    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, COCO_META.skeleton, names=COCO_META.joint_names)
+    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, COCO_META.skeleton,
+                              names=COCO_META.joint_names)
     assert len(full["points"].get_offsets()) == 17
     assert len(full["limbs"].get_segments()) == len(COCO_META.skeleton)
     joints[15, 2] = 0.0  # left ankle: one limb (15, 13) disappears

@@ -217,7 +217,7 @@ class TopDownDataset(Dataset):
         joints[:, :2] = rec.joints[:, :2] @ matrix[:, :2].T + matrix[:, 2]  # [J, 2] crop px
         joints[:, 2] = rec.visible
         if aug.flip:
-            joints = joints[flip_permutation(self.flip_pairs, self.num_joints)]  # the mirrored left joint is the right one
+            joints = joints[flip_permutation(self.flip_pairs, self.num_joints)]  # mirrored left is right
         target_x, target_y, weight = encode(joints[:, :2], joints[:, 2], self.input_size, self.split_ratio)
 
         center = aug.center.astype(np.float32)
