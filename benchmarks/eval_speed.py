@@ -4,7 +4,7 @@ The COCO protocol of the paper's Table II (SimCC/HRNet top-down evaluation reuse
 the network has run: SimCC decoding of every person's x/y logits (:func:`cdkd.codec.decode`,
 optionally the flip-test average with :func:`cdkd.codec.flip_back`; softmaxes included), the map from crop to image
 pixels (:func:`cdkd.data.transforms.transform_preds`), rescoring, per-image OKS-NMS and pycocotools
-``COCOeval`` (:func:`cdkd.evaluation.coco_keypoint_eval`). The set has the size of COCO val2017's
+``COCOeval`` (:func:`cdkd.metrics.coco_keypoint_eval`). The set has the size of COCO val2017's
 person keypoint annotations (about 6000 persons on 2700 images; generated here with 17 keypoints
 in random boxes); the logits are random noise plus a peak near each true joint (a few bins of
 jitter), so that matching and AP are not degenerate. Target: under 30 s in all.
@@ -89,11 +89,9 @@ def mirrored_stand_in(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     ``W*k - k - c``; the last k - 1 bins repeat the edge). Then the flip-test average equals the plain
     prediction and the AP of both modes agrees.
     """
-    from cdkd.data.coco import COCO_META
+    from cdkd.joints import COCO_META, flip_permutation
 
-    swap = np.arange(J)
-    for a, b in COCO_META.flip_pairs:
-        swap[a], swap[b] = b, a
+    swap = flip_permutation(COCO_META.flip_pairs, J)
     shift = round(K) - 1
     rev = x[:, swap, ::-1]  # [N, J, W*k]
     fx = np.concatenate([rev[..., shift:], np.repeat(rev[..., -1:], shift, axis=-1)], axis=-1)
@@ -103,9 +101,9 @@ def mirrored_stand_in(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
 def evaluate(out: dict, gt_path: Path, flip: bool, chunk: int = 1024) -> tuple[dict, dict]:
     """The timed part: decode (+ flip average), map back, rescoring + OKS-NMS + COCOeval."""
     from cdkd.codec import decode, flip_back
-    from cdkd.data.coco import COCO_META
+    from cdkd.joints import COCO_META
     from cdkd.data.transforms import transform_preds
-    from cdkd.evaluation import coco_keypoint_eval, select_results
+    from cdkd.metrics import coco_keypoint_eval, select_results
 
     times = {}
     start = time.perf_counter()

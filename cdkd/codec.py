@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cdkd.joints import flip_permutation
+
 
 def num_bins(size: int, split_ratio: float, axis: str = "W") -> int:
     """Number of SimCC classes along one axis, ``size * k``, which must be an integer.
@@ -182,10 +184,7 @@ def flip_back(
     """
     tx, was_numpy = _as_tensor(x_out)
     ty, _ = _as_tensor(y_out)
-    perm = list(range(tx.shape[-2]))
-    for a, b in flip_pairs:
-        perm[a], perm[b] = perm[b], perm[a]
-    index = torch.as_tensor(perm, device=tx.device)
+    index = torch.as_tensor(flip_permutation(flip_pairs, tx.shape[-2]), device=tx.device)
     x_back = tx.flip(-1).index_select(-2, index)  # [B, J, W*k]
     y_back = ty.index_select(-2, index)  # [B, J, H*k]
     x_back = _shift_left(x_back, flip_shift_bins(split_ratio, shift))

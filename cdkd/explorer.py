@@ -8,7 +8,8 @@ the teacher's keypoints on its own crop (Fig. 5), and the joint's SimCC x / y cl
 
 Data are plain prediction records (see :mod:`cdkd.viz`): for each person a dict mapping
 'student' / 'teacher' to a view ``{'image', 'pred', 'gt', 'x_logits', 'y_logits', 'split_ratio'}``.
-:meth:`PredictionExplorer.from_models` builds them by running the two models on a dataset.
+:meth:`PredictionExplorer.from_models` builds them by running the two models on a dataset
+(:func:`cdkd.inference.predict_crops`, without the flip test).
 :meth:`PredictionExplorer.render_static` draws a matplotlib figure (headless, papermill);
 :meth:`PredictionExplorer.widget` / :func:`explore` give the ipywidgets version in a notebook.
 """
@@ -28,23 +29,6 @@ from matplotlib.figure import Figure
 from cdkd import viz
 
 VIEW_KEYS = ("image", "pred")
-
-
-def decode_argmax(x_logits: np.ndarray, y_logits: np.ndarray, split_ratio: float) -> np.ndarray:
-    """SimCC decoding (argmax / k, confidence = larger peak probability) of one batch.
-
-    Args:
-        x_logits: [B, J, W*k] array.
-        y_logits: [B, J, H*k] array.
-        split_ratio: k.
-
-    Returns:
-        [B, J, 3] float array (x, y, score) in crop pixels (:func:`cdkd.codec.decode`).
-    """
-    from cdkd.codec import decode
-
-    coords, scores = decode(np.asarray(x_logits, np.float32), np.asarray(y_logits, np.float32), split_ratio)
-    return np.concatenate([coords, scores[..., None]], axis=-1).astype(np.float64)  # [B, J, 3]
 
 
 def _check_records(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -119,6 +103,8 @@ class PredictionExplorer:
         """
         import torch
 
+        from cdkd.inference import predict_crops
+
         count = min(int(n), len(dataset))
         if count <= 0:
             raise ValueError("from_models: the dataset is empty or n <= 0")
@@ -140,12 +126,11 @@ class PredictionExplorer:
                         if key not in s:
                             raise KeyError(f"from_models: dataset sample {start + i} has no '{key}'")
                     images = torch.stack([torch.as_tensor(s[key]) for s in samples]).float().to(device)  # [B, 3, h, w]
-                    with torch.no_grad():
-                        out = model(images)
-                    xs = out.x.float().cpu().numpy()  # [B, J, W*k]
-                    ys = out.y.float().cpu().numpy()  # [B, J, H*k]
+                    coords, scores, x_logits, y_logits = predict_crops(model, images, (), flip=False,
+                                                                       return_logits=True)
+                    preds = torch.cat([coords, scores[..., None]], dim=-1).double().cpu().numpy()  # [B, J, 3]
+                    xs, ys = x_logits.cpu().numpy(), y_logits.cpu().numpy()  # [B, J, W*k], [B, J, H*k]
                     k = float(model.split_ratio)
-                    preds = decode_argmax(xs, ys, k)  # [B, J, 3]
                     batch_views[name] = [
                         {"image": viz.denormalize(s[key]), "pred": preds[b], "x_logits": xs[b], "y_logits": ys[b],
                          "split_ratio": k}
@@ -190,7 +175,7 @@ class PredictionExplorer:
             return
         k = float(view.get("split_ratio", 1.0))
         z = np.asarray(logits, dtype=np.float64)[j]  # [C]
-        p = viz.probabilities(z, self.tau)  # [C]
+        p = viz.simcc_probabilities(z, self.tau)  # [C]
         edges = (np.arange(p.size + 1) - 0.5) / k
         ax.stairs(p, edges, fill=True, alpha=0.6, color=viz.STUDENT_COLOR if student is None else viz.TEACHER_COLOR,
                   label=f"softmax (C={p.size}, tau={self.tau:g})")
@@ -200,7 +185,7 @@ class PredictionExplorer:
             if zt.size % p.size == 0:
                 m = zt.size // p.size
                 kt = float(teacher.get("split_ratio", 1.0))
-                merged = viz.merge_probabilities(viz.probabilities(zt, self.tau), m)  # [C_s]
+                merged = viz.simcc_probabilities(zt, self.tau, merge_to=p.size)  # [C_s]
                 left = (np.arange(p.size) * m - 0.5) / kt / scale  # teacher classes j*m.. in student px
                 ax.bar(left, merged, width=m / kt / scale, align="edge", fill=False, edgecolor=viz.TEACHER_COLOR,
                        linewidth=1.2, label=f"teacher merged (Eq. 6, m={m})")
@@ -209,7 +194,7 @@ class PredictionExplorer:
             classes = int(np.asarray(student[f"{axis}_logits"]).shape[-1])  # C_s
             if p.size % classes == 0:
                 m = p.size // classes
-                merged = viz.merge_probabilities(p, m)  # [C_s]
+                merged = viz.simcc_probabilities(z, self.tau, merge_to=classes)  # [C_s]
                 ax.bar((np.arange(classes) * m - 0.5) / k, merged, width=m / k, align="edge", fill=False,
                        edgecolor=viz.STUDENT_COLOR, linewidth=1.2,
                        label=f"merged for the student's {classes} classes (Eq. 6, m={m})")

@@ -31,6 +31,7 @@ from torch import nn
 from cdkd.codec import decode, flip_back
 from cdkd.data.topdown import normalize, read_image
 from cdkd.data.transforms import box_to_center_scale, get_affine_transform, transform_preds
+from cdkd.joints import meta_for
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -41,14 +42,9 @@ def default_flip_pairs(num_joints: int) -> tuple[tuple[int, int], ...]:
     Raises:
         ValueError: for any other J (pass ``flip_pairs`` to :func:`predict`, or ``flip=False``).
     """
-    if num_joints == 17:
-        from cdkd.data.coco import COCO_META
-
-        return COCO_META.flip_pairs
-    if num_joints == 16:
-        from cdkd.data.mpii import MPII_META
-
-        return MPII_META.flip_pairs
+    meta = meta_for(num_joints=num_joints)
+    if meta is not None:
+        return meta.flip_pairs
     raise ValueError(
         f"flip test needs the left/right joint pairs: known for J=17 (COCO) and J=16 (MPII), but the "
         f"model has J={num_joints}; pass flip_pairs=... or flip=False"
@@ -142,7 +138,7 @@ def crop_persons(image: np.ndarray, boxes: np.ndarray, input_size: Sequence[int]
 
 @torch.no_grad()
 def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip: bool = True,
-                  shift: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+                  shift: str = "exact", *, return_logits: bool = False) -> tuple[torch.Tensor, ...]:
     """SimCC keypoints of a batch of person crops, with the flip test (the engine's evaluation too).
 
     Args:
@@ -158,9 +154,11 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip
               one bin left (the last bin keeps its value), then the softmax, so dropping the first
               bin renormalises the rest. Joint confidences and, near the crop border, coordinates
               differ from ``'exact'``.
+        return_logits: also return the plain crop's logits (what the explorer plots).
 
     Returns:
-        (coords [B, J, 2] in crop pixels, scores [B, J]).
+        (coords [B, J, 2] in crop pixels, scores [B, J]); with ``return_logits`` also the plain
+        crop's x [B, J, W*k] and y [B, J, H*k] logits (float32).
     """
     k = model.split_ratio
     out = model(images)
@@ -174,7 +172,10 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip
         else:
             fx, fy = flip_back(mx.softmax(-1), my.softmax(-1), flip_pairs, k, shift=shift)
         px, py = (px + fx) / 2, (py + fy) / 2
-    return decode(px, py, k, probabilities=True)
+    coords, scores = decode(px, py, k, probabilities=True)
+    if return_logits:
+        return coords, scores, out.x.float(), out.y.float()
+    return coords, scores
 
 
 def predict(

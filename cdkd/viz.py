@@ -34,7 +34,6 @@ Other keys of a record (``'image_id'``, ``'index'``) are carried along and shown
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,34 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-COCO_JOINTS = (
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
-    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle",
-)  # fmt: skip
-COCO_SKELETON = (
-    (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8),
-    (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6),
-)  # fmt: skip
-MPII_JOINTS = (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-    "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist",
-)  # fmt: skip
-MPII_SKELETON = (
-    (0, 1), (1, 2), (2, 6), (6, 3), (3, 4), (4, 5), (6, 7), (7, 8), (8, 9),
-    (7, 12), (12, 11), (11, 10), (7, 13), (13, 14), (14, 15),
-)  # fmt: skip
-
-JOINT_NAMES: dict[str, tuple[str, ...]] = {"coco": COCO_JOINTS, "mpii": MPII_JOINTS}
-SKELETONS: dict[str, tuple[tuple[int, int], ...]] = {"coco": COCO_SKELETON, "mpii": MPII_SKELETON}
+from cdkd.data.topdown import IMAGENET_MEAN, IMAGENET_STD
+from cdkd.distill.cca import cca_loss, merge_probs
+from cdkd.engine.recorder import read_epochs, read_steps
+from cdkd.joints import JOINTS_META
 
 LEFT_COLOR = "#1f77b4"
 RIGHT_COLOR = "#d62728"
@@ -119,39 +100,27 @@ def finish_figure(fig: Figure, save: str | Path | None, dpi: int = 120) -> Figur
     return fig
 
 
-def probabilities(logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
-    """SimCC class probabilities softmax(z / tau) over the last axis (numerically stable).
+def simcc_probabilities(logits: Any, tau: float = 1.0, merge_to: int | None = None) -> np.ndarray:
+    """SimCC class probabilities softmax(z / tau) for plotting, optionally merged by CCA (Eq. 6).
+
+    The softmax is torch's and the merge :func:`cdkd.distill.cca.merge_probs`, in float64; only the
+    result becomes a numpy array.
 
     Args:
-        logits: [..., C] array.
-        tau: temperature (Eq. 7).
+        logits: [..., C] logits (tensor, array or list).
+        tau: temperature (Eq. 7); must be positive.
+        merge_to: C_s: merge the C = m * C_s probabilities into C_s classes; None keeps all C.
 
     Returns:
-        [..., C] probabilities.
+        [..., C] or [..., C_s] float64 probabilities.
     """
     if tau <= 0:
         raise ValueError(f"temperature tau must be positive, got {tau}")
-    z = logits / tau
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def merge_probabilities(probs: np.ndarray, m: int) -> np.ndarray:
-    """CCA Eq. 6 on arrays: :func:`cdkd.distill.cca.merge_bins` (sum every m adjacent probabilities).
-
-    Args:
-        probs: [..., C_t] probabilities.
-        m: merge factor; must divide C_t.
-
-    Returns:
-        [..., C_t / m] merged probabilities.
-    """
-    import torch
-
-    from cdkd.distill.cca import merge_bins
-
-    return merge_bins(torch.from_numpy(np.asarray(probs)), m).numpy()  # [..., C_t/m]
+    z = torch.from_numpy(np.ascontiguousarray(_numpy(logits, "logits")))  # [..., C] float64
+    probs = torch.softmax(z / tau, dim=-1)  # [..., C]
+    if merge_to is not None:
+        probs = merge_probs(probs, merge_to)  # [..., C_s]
+    return probs.numpy()
 
 
 def note_axis(ax: Axes, text: str) -> None:
@@ -160,7 +129,7 @@ def note_axis(ax: Axes, text: str) -> None:
 
 
 def joint_names(dataset_name: str, num_joints: int | None = None) -> tuple[str, ...]:
-    """Joint names of a dataset, or ``joint0..`` for an unknown layout.
+    """Joint names of a dataset (:mod:`cdkd.joints`), or ``joint0..`` for an unknown layout.
 
     Args:
         dataset_name: 'coco' or 'mpii' (any other name gives generic names).
@@ -169,19 +138,16 @@ def joint_names(dataset_name: str, num_joints: int | None = None) -> tuple[str, 
     Returns:
         Tuple of J names.
     """
-    names = JOINT_NAMES.get(dataset_name.lower(), ())
-    if num_joints is None:
-        num_joints = len(names)
-    if len(names) != num_joints:
-        return tuple(f"joint{j}" for j in range(num_joints))
-    return names
+    meta = JOINTS_META.get(dataset_name.lower())
+    if meta is not None and num_joints in (None, meta.num_joints):
+        return meta.joint_names
+    return tuple(f"joint{j}" for j in range(num_joints or 0))
 
 
 def skeleton_for(dataset_name: str, num_joints: int) -> tuple[tuple[int, int], ...]:
     """The dataset's limbs when its joint count matches ``num_joints``, else no limbs."""
-    if len(JOINT_NAMES.get(dataset_name.lower(), ())) != num_joints:
-        return ()
-    return SKELETONS[dataset_name.lower()]
+    meta = JOINTS_META.get(dataset_name.lower())
+    return meta.skeleton if meta is not None and meta.num_joints == num_joints else ()
 
 
 def joint_index(joint: int | str, names: Sequence[str]) -> int:
@@ -278,7 +244,7 @@ def draw_keypoints(
         ax: matplotlib axis.
         image: uint8 [h, w, 3], a normalised [3, h, w] tensor, or None to draw keypoints only.
         joints: [J, 2] or [J, 3] keypoints in the image's pixels.
-        skeleton: pairs of joint indices to connect (``COCO_SKELETON``, ``MPII_SKELETON``).
+        skeleton: pairs of joint indices to connect (``COCO_META.skeleton`` of :mod:`cdkd.joints`).
         color: one colour for everything; None colours by body side (needs ``names``).
         score_thr: joints with score <= this are hidden.
         names: joint names, used for side colours.
@@ -339,31 +305,6 @@ def draw_keypoints(
 # ----------------------------------------------------------------------------------------------
 
 
-def infer_split_ratio(joints: Any, target_x: Any, target_weight: Any | None = None) -> float:
-    """Estimate SimCC's k from targets: target = round(x * k), least squares, rounded to 0.5.
-
-    Args:
-        joints: [J, 2|3] joints in crop pixels.
-        target_x: [J] x class indices.
-        target_weight: [J] weights; joints with weight 0 are ignored.
-
-    Returns:
-        Estimated k.
-
-    Raises:
-        ValueError: when no labelled joint lies at x >= 1 px (k cannot be estimated).
-    """
-    x = _numpy(joints, "joints")[:, 0]
-    t = _numpy(target_x, "target_x").reshape(-1)
-    ok = np.isfinite(x) & (x >= 1.0)
-    if target_weight is not None:
-        ok &= _numpy(target_weight, "target_weight").reshape(-1) > 0
-    if not ok.any():
-        raise ValueError("cannot infer the split ratio k: no labelled joint at x >= 1 px; pass split_ratio")
-    k = float((t[ok] * x[ok]).sum() / (x[ok] ** 2).sum())
-    return round(k * 2) / 2
-
-
 def plot_paired_crops(
     sample: Mapping[str, Any],
     dataset_name: str,
@@ -382,10 +323,10 @@ def plot_paired_crops(
     Args:
         sample: a TopDownDataset sample: 'image' [3, h, w] and 'teacher_image' [3, H, W]
             (normalised), 'joints' [J, 3] student-crop px, 'target_x', 'target_y' [J],
-            'target_weight' [J]; 'image_id' and 'index' are shown when present.
+            'target_weight' [J], 'split_ratio' (k); 'image_id' and 'index' are shown when present.
         dataset_name: 'coco' or 'mpii' (skeleton and joint names).
         joint: joint index or name whose targets are shown; None picks the first labelled one.
-        split_ratio: k; None uses ``sample['split_ratio']`` or estimates it from the targets.
+        split_ratio: k; None uses ``sample['split_ratio']`` (every TopDownDataset sample has it).
         save: optional path of a PNG/PDF.
 
     Returns:
@@ -408,8 +349,9 @@ def plot_paired_crops(
     weight = _numpy(sample.get("target_weight", np.ones(num)), "target_weight").reshape(-1)
     if split_ratio is None:
         split_ratio = sample.get("split_ratio")
-    inferred = split_ratio is None
-    k = infer_split_ratio(joints, tx, weight) if inferred else float(split_ratio)
+    if split_ratio is None:
+        raise KeyError("plot_paired_crops: the sample has no 'split_ratio'; pass split_ratio=k")
+    k = float(split_ratio)
     if joint is None:
         labelled = np.flatnonzero(weight > 0)
         j = int(labelled[0]) if labelled.size else 0
@@ -438,7 +380,7 @@ def plot_paired_crops(
         ax.axvline(coord * k, color="black", linestyle="--", linewidth=1, label=f"{axis}*k = {coord * k:.2f}")
         ax.set_xlim(max(-0.5, c - 12.5), min(classes - 0.5, c + 12.5))  # zoom: the rounding is visible
         ax.set_ylim(0, 1.15)
-        ax.set_xlabel(f"{axis} class (of 0..{classes - 1}: {size} px x k={k:g}{' inferred' if inferred else ''})")
+        ax.set_xlabel(f"{axis} class (of 0..{classes - 1}: {size} px x k={k:g})")
         ax.set_title(f"SimCC {axis} target of '{names[j]}' (weight {weight[j]:g})", fontsize=10)
         ax.legend(fontsize=8, loc="upper right")
     meta = ", ".join(f"{key} {sample[key]}" for key in ("image_id", "index") if key in sample)
@@ -527,13 +469,11 @@ def plot_simcc_distributions(
         zs = _numpy(s_logits, f"student_{axis}_logits").reshape(-1)  # [C_s]
         if zt.size != m * zs.size:
             raise ValueError(f"CCA on the {axis} axis needs C_t = m * C_s; got C_t={zt.size}, m={m}, C_s={zs.size}")
-        pt = probabilities(zt, tau)  # [C_t]
-        ps = probabilities(zs, tau)  # [C_s]
-        merged = merge_probabilities(pt, m)  # [C_s]
-        log_ps = zs / tau - zs.max() / tau
-        log_ps = log_ps - np.log(np.exp(log_ps).sum())  # log softmax, finite where p^s underflows
-        pos = merged > 0
-        kl = float(tau**2 * np.sum(merged[pos] * (np.log(merged[pos]) - log_ps[pos])))  # Eq. 7, one joint
+        pt = simcc_probabilities(zt, tau)  # [C_t]
+        ps = simcc_probabilities(zs, tau)  # [C_s]
+        merged = simcc_probabilities(zt, tau, merge_to=zs.size)  # [C_s]
+        s, te = torch.from_numpy(zs).view(1, 1, -1), torch.from_numpy(zt).view(1, 1, -1)  # [1, 1, C]
+        kl = float(cca_loss(s, s, te, te, tau)["x"])  # Eq. 7 of one joint (the x term; y is the same)
 
         t_edges = (np.arange(zt.size + 1) - 0.5) / k  # teacher class i: [(i-0.5)/k, (i+0.5)/k)
         s_edges = (np.arange(zs.size + 1) - 0.5) * m / k  # student class j centred at j*m/k
@@ -778,40 +718,6 @@ def plot_resolution_grid(
 # ----------------------------------------------------------------------------------------------
 
 
-def read_steps(run_dir: str | Path) -> dict[str, np.ndarray]:
-    """Read a run's ``steps.csv`` into float columns (empty cells become NaN).
-
-    Args:
-        run_dir: the run folder, or the path of the CSV itself.
-
-    Returns:
-        dict column name -> float64 array, one entry per logged step, in file order.
-
-    Raises:
-        FileNotFoundError: naming the missing file.
-        ValueError: naming the file, line and column of a non-numeric cell.
-    """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "steps.csv"
-    if not path.exists():
-        raise FileNotFoundError(f"no training record at {path}")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns: dict[str, list[float]] = {name: [] for name in (reader.fieldnames or [])}
-        for line, row in enumerate(reader, start=2):
-            for name, values in columns.items():
-                cell = row.get(name)
-                if cell is None or cell.strip() == "":
-                    values.append(math.nan)
-                    continue
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    raise ValueError(f"{path}, line {line}, column '{name}': {cell!r} is not a number") from None
-    return {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
-
-
 def _runs(run_dirs: Sequence[str | Path] | Mapping[str, str | Path] | str | Path) -> dict[str, Path]:
     """Normalise run folders to {label: path}; labels default to the folder names."""
     if isinstance(run_dirs, (str, Path)):
@@ -848,30 +754,6 @@ def _series(steps: dict[str, np.ndarray], key: str, x: str = "step") -> tuple[np
 
 CURVE_TITLES = {"task": "task loss L_ori", "feature": "feature loss L_fea (Eq. 5)",
                 "logit": "logit loss L_logit (Eq. 7)", "loss": "total loss (Eq. 8)"}
-
-
-def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
-    """A run's ``epochs.jsonl``: one dict per finished epoch ('epoch', 'train', 'lr', 'val' when validated).
-
-    Raises:
-        FileNotFoundError: naming the missing file.
-        ValueError: naming the file and line of a row that is not JSON.
-    """
-    import json
-
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "epochs.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no epoch record at {path}")
-    rows = []
-    for line, text in enumerate(path.read_text().splitlines(), start=1):
-        if text.strip():
-            try:
-                rows.append(json.loads(text))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {line}: {err}") from None
-    return rows
 
 
 def plot_training_curves(

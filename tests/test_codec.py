@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from cdkd.codec import decode, encode, flip_back, flip_shift_bins, num_bins
-from cdkd.data.coco import COCO_META
-from cdkd.data.mpii import MPII_META
+from cdkd.joints import COCO_META, MPII_META
 from cdkd.data.transforms import fliplr_joints
 
 

@@ -10,10 +10,11 @@ import torch
 
 from cdkd.config import Config
 from cdkd.data import DataError
-from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
-from cdkd.data.mpii import MPII_META, load_mpii_json
-from cdkd.evaluation.mpii import load_gt_valid, write_gt_valid
+from cdkd.data.coco import load_coco_api, load_coco_det, load_coco_gt
+from cdkd.data.mpii import load_mpii_json
 from cdkd.data.topdown import TopDownDataset, build_dataset
+from cdkd.joints import COCO_META, MPII_META
+from cdkd.metrics.mpii import load_gt_valid, write_gt_valid
 
 REAL = Path(__file__).parents[2] / "shared" / "realsamples"
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real samples not found at {REAL}")
@@ -85,6 +86,7 @@ def test_real_coco_gt_loads_and_gives_valid_crops():
     for i in range(len(ds)):
         s = ds[i]
         assert s["image"].shape == (3, 64, 48) and s["teacher_image"].shape == (3, 256, 192)
+        assert s["split_ratio"] == 2.0  # figures read k from the sample
         assert torch.isfinite(s["image"]).all() and s["image"].std() > 0.1
         vis = torch.from_numpy(ds.records[i].visible)
         assert (s["target_weight"] <= vis).all() and s["target_weight"].sum() >= 0.5 * vis.sum()

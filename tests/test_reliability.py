@@ -23,7 +23,7 @@ from cdkd.data.topdown import build_dataset, read_image
 from cdkd.engine.cli import cli, one_line
 from cdkd.engine.evaluate import evaluate, write_metrics
 from cdkd.engine.train import RunFolderError, fit
-from cdkd.evaluation.coco import oks_matrix, oks_nms
+from cdkd.metrics.coco import oks_matrix, oks_nms
 from cdkd.models import build_pose_model
 from cdkd.pipeline import is_complete, reuse_or_train
 from tests.test_datasets import coco_ann, coco_cfg, mpii_entry, write_coco, write_image, write_mpii

@@ -11,11 +11,11 @@ from pycocotools import mask as mask_utils
 from cdkd.__main__ import main
 from cdkd.config import Config
 from cdkd.data import DataError
-from cdkd.data.coco import COCO_META, load_coco_api
-from cdkd.data.mpii import MPII_META
-from cdkd.evaluation.mpii import load_gt_valid
+from cdkd.data.coco import load_coco_api
 from cdkd.data.synthetic import ensure_synthetic, synthesize
 from cdkd.data.topdown import build_dataset
+from cdkd.joints import COCO_META, MPII_META
+from cdkd.metrics.mpii import load_gt_valid
 
 TRAIN, VAL = 14, 9
 

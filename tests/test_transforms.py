@@ -4,8 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cdkd.data.coco import COCO_META
-from cdkd.data.mpii import MPII_META
+from cdkd.joints import COCO_META, MPII_META
 from cdkd.data.transforms import (
     AugmentParams,
     affine_points,

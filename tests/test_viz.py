@@ -18,12 +18,16 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
 from cdkd import viz
-from cdkd.explorer import PredictionExplorer, decode_argmax, explore
+from cdkd.codec import decode
+from cdkd.data.topdown import IMAGENET_MEAN, IMAGENET_STD
+from cdkd.engine.recorder import read_steps
+from cdkd.explorer import PredictionExplorer, explore
+from cdkd.joints import COCO_META, JOINTS_META, MPII_META
 
 pytestmark = pytest.mark.timeout(60)
 
-MEAN = np.array(viz.IMAGENET_MEAN).reshape(3, 1, 1)
-STD = np.array(viz.IMAGENET_STD).reshape(3, 1, 1)
+MEAN = np.array(IMAGENET_MEAN).reshape(3, 1, 1)
+STD = np.array(IMAGENET_STD).reshape(3, 1, 1)
 
 
 def normalise(rgb: np.ndarray) -> torch.Tensor:
@@ -65,7 +69,7 @@ def sample(rng) -> dict:
     return {
         "image": normalise(student), "teacher_image": normalise(teacher), "joints": torch.from_numpy(joints).float(),
         "target_x": torch.from_numpy(target[:, 0]), "target_y": torch.from_numpy(target[:, 1]),
-        "target_weight": torch.from_numpy(joints[:, 2]).float(), "image_id": 7, "index": 0,
+        "target_weight": torch.from_numpy(joints[:, 2]).float(), "image_id": 7, "index": 0, "split_ratio": k,
     }
 
 
@@ -78,9 +82,10 @@ def make_records(rng, n: int = 3, joints: int = 16, small: int = 16, big: int = 
             xs = rng.normal(size=(joints, int(size * k)))
             ys = rng.normal(size=(joints, int(size * k)))
             gt = np.concatenate([rng.uniform(0, size, (joints, 2)), np.ones((joints, 1))], axis=1)
+            coords, scores = decode(xs[None].astype(np.float32), ys[None].astype(np.float32), k)  # [1, J, 2], [1, J]
             record[name] = {
                 "image": rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8),
-                "pred": decode_argmax(xs[None], ys[None], k)[0], "gt": gt,
+                "pred": np.concatenate([coords, scores[..., None]], axis=-1)[0], "gt": gt,
                 "x_logits": xs, "y_logits": ys, "split_ratio": k,
             }
         records.append(record)
@@ -116,14 +121,15 @@ def test_draw_keypoints_hides_invisible_joints_and_their_limbs(rng):
     joints = np.concatenate([rng.uniform(0, 32, (17, 2)), np.ones((17, 1))], axis=1)
     fig = Figure()
     ax = fig.add_subplot()
-    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, viz.COCO_SKELETON, names=viz.COCO_JOINTS)
+    full = viz.draw_keypoints(ax, np.zeros((32, 32, 3), np.uint8), joints, COCO_META.skeleton,
+                              names=COCO_META.joint_names)
     assert len(full["points"].get_offsets()) == 17
-    assert len(full["limbs"].get_segments()) == len(viz.COCO_SKELETON)
+    assert len(full["limbs"].get_segments()) == len(COCO_META.skeleton)
     joints[15, 2] = 0.0  # left ankle: one limb (15, 13) disappears
     joints[0, 0] = np.nan  # nose: limbs (0, 1), (0, 2) disappear
-    part = viz.draw_keypoints(fig.add_subplot(), None, joints, viz.COCO_SKELETON)
+    part = viz.draw_keypoints(fig.add_subplot(), None, joints, COCO_META.skeleton)
     assert len(part["points"].get_offsets()) == 15
-    assert len(part["limbs"].get_segments()) == len(viz.COCO_SKELETON) - 3
+    assert len(part["limbs"].get_segments()) == len(COCO_META.skeleton) - 3
     np.testing.assert_allclose(part["points"].get_offsets()[0], joints[1, :2])
     with pytest.raises(ValueError, match="beyond J=17"):
         viz.draw_keypoints(ax, None, joints, [(0, 17)])
@@ -131,8 +137,8 @@ def test_draw_keypoints_hides_invisible_joints_and_their_limbs(rng):
 
 def test_skeletons_and_names_are_consistent():
     for name, joints in (("coco", 17), ("mpii", 16)):
-        edges = viz.SKELETONS[name]
-        assert len(viz.JOINT_NAMES[name]) == joints
+        edges = JOINTS_META[name].skeleton
+        assert len(JOINTS_META[name].joint_names) == joints
         assert all(0 <= a < joints and 0 <= b < joints and a != b for a, b in edges)
         assert len(set(map(frozenset, edges))) == len(edges)
         assert {j for e in edges for j in e} == set(range(joints))  # every joint is on a limb
@@ -148,13 +154,13 @@ def test_plot_paired_crops(sample, tmp_path):
     fig = viz.plot_paired_crops(sample, "coco", joint="left_shoulder", save=path)
     assert_png(fig, path)
     ax_t, _ax_s, ax_x, ax_y = fig.axes
-    j = viz.COCO_JOINTS.index("left_shoulder")
+    j = COCO_META.joint_names.index("left_shoulder")
     joints = sample["joints"].numpy()
     # the teacher panel shows the student joints scaled by m = 64 / 16 = 4
     teacher_points = next(c for c in ax_t.collections if isinstance(c, PathCollection)).get_offsets()
     np.testing.assert_allclose(teacher_points[0], joints[0, :2] * 4, rtol=1e-6)
     assert len(teacher_points) == 16  # joint 3 has visibility 0
-    # one-hot x target: 16 px * k=2 (inferred) = 32 classes, a single 1 at target_x[j]
+    # one-hot x target: 16 px * k=2 (the sample's split_ratio) = 32 classes, a single 1 at target_x[j]
     heights = np.array([p.get_height() for p in ax_x.containers[0]])
     assert heights.size == 32 and heights.sum() == 1.0
     assert heights.argmax() == int(sample["target_x"][j])
@@ -162,14 +168,8 @@ def test_plot_paired_crops(sample, tmp_path):
     assert heights_y.argmax() == int(sample["target_y"][j])
     with pytest.raises(KeyError, match="teacher_image"):
         viz.plot_paired_crops({k: v for k, v in sample.items() if k != "teacher_image"}, "coco")
-
-
-def test_infer_split_ratio(rng):
-    joints = rng.uniform(2, 64, size=(17, 2))
-    for k in (2.0, 3.0):
-        assert viz.infer_split_ratio(joints, np.rint(joints[:, 0] * k), np.ones(17)) == k
-    with pytest.raises(ValueError, match="split_ratio"):
-        viz.infer_split_ratio(joints, np.rint(joints[:, 0] * 2), np.zeros(17))
+    with pytest.raises(KeyError, match="split_ratio"):
+        viz.plot_paired_crops({k: v for k, v in sample.items() if k != "split_ratio"}, "coco")
 
 
 # ---- SimCC distributions and CCA ---------------------------------------------------------------------
@@ -210,9 +210,13 @@ def test_simcc_distributions_checks_class_counts(rng):
         viz.plot_simcc_distributions(rng.normal(size=24), rng.normal(size=8), 3, teacher_y_logits=np.zeros(24))
 
 
-def test_merge_probabilities_matches_loop(rng):
-    p = softmax(rng.normal(size=48))
-    np.testing.assert_allclose(viz.merge_probabilities(p, 6), explicit_merge(p, 6), rtol=1e-12)
+def test_simcc_probabilities_merge_matches_loop(rng):
+    z = rng.normal(size=48)
+    np.testing.assert_allclose(viz.simcc_probabilities(z, 2.0), softmax(z, 2.0), rtol=1e-12)
+    merged = viz.simcc_probabilities(z, merge_to=8)  # m = 6
+    np.testing.assert_allclose(merged, explicit_merge(softmax(z), 6), rtol=1e-12)
+    with pytest.raises(ValueError, match="positive"):
+        viz.simcc_probabilities(z, 0.0)
 
 
 # ---- predictions -------------------------------------------------------------------------------------
@@ -250,7 +254,7 @@ def test_training_curves_handle_missing_columns(tmp_path):
                  [20, 1, 2.0, 1.5, 0.3, 0.2, 14.0, 1e-3]])
     write_steps(b / "steps.csv", ["step", "epoch", "loss", "task", "lr"],
                 [[0, 0, 2.0, 2.0, 1e-3], [10, 0, 1.0, 1.0, 1e-3]])
-    steps = viz.read_steps(a)
+    steps = read_steps(a)
     assert np.isnan(steps["feature"][1]) and steps["task"].tolist() == [2.0, 1.8, 1.5]
     path = tmp_path / "curves.png"
     fig = viz.plot_training_curves({"CDKD": a, "SimCC": b}, keys=("task", "feature", "xi"), smooth=2, save=path)
@@ -314,10 +318,10 @@ def test_people_on_image_and_zoomed_predictions(rng):
 
 def test_read_steps_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="steps.csv"):
-        viz.read_steps(tmp_path)
+        read_steps(tmp_path)
     write_steps(tmp_path / "steps.csv", ["step", "loss"], [[0, 1.0], [1, "oops"]])
     with pytest.raises(ValueError, match=r"steps.csv, line 3, column 'loss'"):
-        viz.read_steps(tmp_path)
+        read_steps(tmp_path)
 
 
 def test_plot_temperature_and_sau_weights(tmp_path):
@@ -330,7 +334,7 @@ def test_plot_temperature_and_sau_weights(tmp_path):
     ax_tau, ax_xi = fig.axes
     np.testing.assert_allclose(ax_tau.lines[0].get_ydata(), [r[1] for r in rows])
     assert not ax_xi.lines and "'xi' not recorded" in ax_xi.texts[0].get_text()
-    assert viz.sau_columns(viz.read_steps(run)) == ["sau_w0", "sau_w2", "sau_w10"]
+    assert viz.sau_columns(read_steps(run)) == ["sau_w0", "sau_w2", "sau_w10"]
     fig = viz.plot_sau_weights(run, save=tmp_path / "sau.png")
     assert_png(fig, tmp_path / "sau.png")
     areas = fig.axes[0].collections
@@ -396,7 +400,7 @@ def test_explorer_render_static_and_widget(rng, tmp_path):
     fig = explorer.render_static(1, "l_wrist", "student", save=path)
     assert_png(fig, path)
     assert len(fig.axes) == 3
-    j = viz.MPII_JOINTS.index("l_wrist")
+    j = MPII_META.joint_names.index("l_wrist")
     ax_x = fig.axes[1]
     bars = next(c for c in ax_x.containers if isinstance(c, BarContainer))
     expected = explicit_merge(softmax(records[1]["teacher"]["x_logits"][j], 2.0), 4)
@@ -438,7 +442,7 @@ def test_explorer_widget_follows_every_control(rng):
     records = make_records(rng, n=2)
     explorer = PredictionExplorer(records, "mpii", tau=2.0)
     box = explore(explorer, joint="l_wrist")
-    assert explorer.controls["joint"].value == viz.MPII_JOINTS.index("l_wrist")
+    assert explorer.controls["joint"].value == MPII_META.joint_names.index("l_wrist")
     assert "'l_wrist'" in explorer.figure._suptitle.get_text()
     seen = [explorer.output.outputs[0]["data"]["image/png"]]
     assert base64.b64decode(seen[0])[:4] == b"\x89PNG"
@@ -448,7 +452,7 @@ def test_explorer_widget_follows_every_control(rng):
         seen.append(explorer.output.outputs[0]["data"]["image/png"])
         assert seen[-1] != seen[-2], f"the image did not change with '{name}'"
     title = explorer.figure._suptitle.get_text()
-    assert title.startswith("sample 1") and f"'{viz.MPII_JOINTS[3]}'" in title and "teacher" in title
+    assert title.startswith("sample 1") and f"'{MPII_META.joint_names[3]}'" in title and "teacher" in title
     assert box.children[0].children[0] is explorer.controls["sample"]
     assert explore(records, "mpii").children
 

@@ -1,8 +1,8 @@
 """Data for top-down pose estimation (the CDKD paper's Sec. IV-A datasets: COCO and MPII).
 
-This file holds the contract shared by the loaders and the dataset: the skeleton description
-(:class:`JointsMeta`), one person to crop (:class:`PersonRecord`), and how bad input is reported
-(:class:`DataError`, :class:`ProblemLog`). The pieces live beside it:
+This file holds the contract shared by the loaders and the dataset: one person to crop
+(:class:`PersonRecord`), and how bad input is reported (:class:`DataError`, :class:`ProblemLog`).
+The skeletons (joint names, flip pairs, limbs) are :mod:`cdkd.joints`. The pieces live beside it:
 
 - ``transforms``: HRNet/SimCC crop geometry (box -> centre/scale, affine warps, flips, augmentation).
 - ``coco`` / ``mpii``: readers of the official annotation formats.
@@ -16,20 +16,6 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class JointsMeta:
-    """A skeleton: joint names, left/right pairs and the upper body (for half-body crops)."""
-
-    name: str
-    joint_names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...]
-    upper_body_ids: tuple[int, ...]
-
-    @property
-    def num_joints(self) -> int:
-        return len(self.joint_names)
 
 
 @dataclass

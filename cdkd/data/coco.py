@@ -34,26 +34,9 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog, plain_numbers
+from cdkd.data import DataError, PersonRecord, ProblemLog, plain_numbers
 from cdkd.data.transforms import box_to_center_scale
-
-COCO_META = JointsMeta(
-    name="coco",
-    joint_names=(
-        "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-        "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-        "left_wrist", "right_wrist", "left_hip", "right_hip",
-        "left_knee", "right_knee", "left_ankle", "right_ankle",
-    ),
-    flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
-    upper_body_ids=tuple(range(11)),
-)
-
-# The official COCO person skeleton (1-based joint numbers, as in the annotation files).
-COCO_SKELETON = (
-    (16, 14), (14, 12), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
-    (7, 9), (8, 10), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7),
-)
+from cdkd.joints import COCO_META
 
 PERSON_CATEGORY_ID = 1
 

@@ -9,8 +9,8 @@ shifted to 0-based pixels. A record keeps the annotation's optional ``head_box``
 
 PCKh ground truth lives in ``annot/gt_valid.mat`` (``jnt_missing`` [16, N], ``pos_gt_src``
 [16, 2, N], ``headboxes_src`` [2, 2, N] in 1-based pixels, ``dataset_joints`` names), column
-``n`` matching entry ``n`` of ``valid.json``. :func:`cdkd.evaluation.mpii.load_gt_valid` reads it and
-:func:`cdkd.evaluation.mpii.write_gt_valid` writes it (used by ``synthetic.py``).
+``n`` matching entry ``n`` of ``valid.json``. :func:`cdkd.metrics.mpii.load_gt_valid` reads it and
+:func:`cdkd.metrics.mpii.write_gt_valid` writes it (used by ``synthetic.py``).
 """
 
 from __future__ import annotations
@@ -21,18 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog, plain_numbers
+from cdkd.data import DataError, PersonRecord, ProblemLog, plain_numbers
+from cdkd.joints import MPII_META
 
-MPII_META = JointsMeta(
-    name="mpii",
-    joint_names=(
-        "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax",
-        "upper_neck", "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow",
-        "l_wrist",
-    ),
-    flip_pairs=((0, 5), (1, 4), (2, 3), (10, 15), (11, 14), (12, 13)),
-    upper_body_ids=(7, 8, 9, 10, 11, 12, 13, 14, 15),
-)
 
 @dataclass
 class MpiiLoad:
@@ -40,6 +31,18 @@ class MpiiLoad:
 
     records: list[PersonRecord]
     problems: ProblemLog
+
+
+def head_boxes(records: list[PersonRecord]) -> np.ndarray | None:
+    """The records' head boxes as PCKh wants them, or None when a record has none.
+
+    Returns:
+        [N, 2, 2] float64 0-based (top-left, bottom-right) corners of (x, y), the layout of
+        :class:`cdkd.metrics.mpii.MPIIGroundTruth`.
+    """
+    if any(r.head_box is None for r in records):
+        return None
+    return np.stack([np.asarray(r.head_box, dtype=np.float64).reshape(2, 2) for r in records])  # [N, 2, 2]
 
 
 def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "error") -> MpiiLoad:

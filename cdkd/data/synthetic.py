@@ -44,6 +44,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from cdkd.data import DataError
+from cdkd.joints import COCO_META, MPII_META
 
 JPEG_QUALITY = 90
 SPLITS = {"train": 0, "val": 1}
@@ -60,12 +61,8 @@ BODY_JOINTS = (
     "l_hip", "r_hip", "l_knee", "r_knee", "l_ankle", "r_ankle",
 )
 J = {name: i for i, name in enumerate(BODY_JOINTS)}
-COCO_FROM_BODY = tuple(J[n] for n in (
-    "nose", "l_eye", "r_eye", "l_ear", "r_ear", "l_shoulder", "r_shoulder", "l_elbow", "r_elbow",
-    "l_wrist", "r_wrist", "l_hip", "r_hip", "l_knee", "r_knee", "l_ankle", "r_ankle"))
-MPII_FROM_BODY = tuple(J[n] for n in (
-    "r_ankle", "r_knee", "r_hip", "l_hip", "l_knee", "l_ankle", "pelvis", "thorax", "upper_neck",
-    "head_top", "r_wrist", "r_elbow", "r_shoulder", "l_shoulder", "l_elbow", "l_wrist"))
+COCO_FROM_BODY = tuple(J[n.replace("left_", "l_").replace("right_", "r_")] for n in COCO_META.joint_names)
+MPII_FROM_BODY = tuple(J[n] for n in MPII_META.joint_names)
 
 # Drawn parts (values of the per-person part map; 0 is "not this person").
 PARTS = (
@@ -724,10 +721,9 @@ def _mpii_person(person: dict, file_name: str, width: int, height: int, rng) -> 
 
 
 def _coco_categories() -> list[dict]:
-    from cdkd.data.coco import COCO_META, COCO_SKELETON
-
+    skeleton = [[a + 1, b + 1] for a, b in COCO_META.skeleton]  # 1-based, as in the official files
     return [{"supercategory": "person", "id": 1, "name": "person",
-             "keypoints": list(COCO_META.joint_names), "skeleton": [list(p) for p in COCO_SKELETON]}]
+             "keypoints": list(COCO_META.joint_names), "skeleton": skeleton}]
 
 
 def _write_json(path: Path, obj) -> None:
@@ -800,7 +796,7 @@ def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: i
     mpii_name = "train" if split == "train" else "valid"
     _write_json(out / "mpii" / "annot" / f"{mpii_name}.json", mpii)
     if split == "val":
-        from cdkd.evaluation.mpii import write_gt_valid
+        from cdkd.metrics.mpii import write_gt_valid
 
         _write_json(out / "coco" / "person_detection_results" / "det_val.json", detections)
         write_gt_valid(out / "mpii" / "annot" / "gt_valid.mat", np.stack(pos) - 1.0,  # 0-based [N, 16, 2]

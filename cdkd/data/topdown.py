@@ -32,8 +32,9 @@ import torch
 from torch.utils.data import Dataset
 
 from cdkd.codec import encode
-from cdkd.data import DataError, JointsMeta, PersonRecord, ProblemLog
+from cdkd.data import DataError, PersonRecord, ProblemLog
 from cdkd.data.transforms import Augmentation, AugmentParams, crop_matrix, sample_augmentation
+from cdkd.joints import JointsMeta, flip_permutation
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -154,9 +155,10 @@ class TopDownDataset(Dataset):
     @property
     def head_boxes(self) -> np.ndarray | None:
         """[N, 4] 0-based head boxes (x1, y1, x2, y2) when every record has one, else None."""
-        if not self.records or any(r.head_box is None for r in self.records):
-            return None
-        return np.stack([r.head_box for r in self.records])
+        from cdkd.data.mpii import head_boxes
+
+        boxes = head_boxes(self.records) if self.records else None  # [N, 2, 2]
+        return None if boxes is None else boxes.reshape(-1, 4)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -195,12 +197,6 @@ class TopDownDataset(Dataset):
             rec.center, rec.scale, rec.joints, rec.visible, self.aug, self.meta.upper_body_ids, aspect, rng
         )
 
-    def _flip_permutation(self) -> np.ndarray:
-        perm = np.arange(self.num_joints)
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        return perm
-
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         try:
@@ -221,7 +217,7 @@ class TopDownDataset(Dataset):
         joints[:, :2] = rec.joints[:, :2] @ matrix[:, :2].T + matrix[:, 2]  # [J, 2] crop px
         joints[:, 2] = rec.visible
         if aug.flip:
-            joints = joints[self._flip_permutation()]  # the mirrored left joint is the right one
+            joints = joints[flip_permutation(self.flip_pairs, self.num_joints)]  # mirrored left is right
         target_x, target_y, weight = encode(joints[:, :2], joints[:, 2], self.input_size, self.split_ratio)
 
         center = aug.center.astype(np.float32)
@@ -242,6 +238,7 @@ class TopDownDataset(Dataset):
             "index": int(index),
             "flipped": int(aug.flip),
             "valid": 1,
+            "split_ratio": float(self.split_ratio),  # k, so that a sample's targets can be read alone
         }
         if self.teacher_size is not None:
             th, tw = self.teacher_size
@@ -269,6 +266,7 @@ class TopDownDataset(Dataset):
             "index": int(index),
             "flipped": 0,
             "valid": 0,
+            "split_ratio": float(self.split_ratio),
         }
         if self.teacher_size is not None:
             sample["teacher_image"] = torch.zeros(3, *self.teacher_size)
@@ -310,8 +308,9 @@ def build_dataset(
         that is positive), ``skipped`` and ``filtered`` reports, and for evaluation
         ``ann_file``/``coco`` (COCO) or ``gt_mat``/``head_boxes`` (MPII).
     """
-    from cdkd.data.coco import COCO_META, load_coco_api, load_coco_det, load_coco_gt
-    from cdkd.data.mpii import MPII_META, load_mpii_json
+    from cdkd.data.coco import load_coco_api, load_coco_det, load_coco_gt
+    from cdkd.data.mpii import load_mpii_json
+    from cdkd.joints import COCO_META, MPII_META
 
     if split not in ("train", "val"):
         raise DataError(f"split must be 'train' or 'val'; got {split!r}")

@@ -19,7 +19,26 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from cdkd.joints import flip_permutation
+
 PIXEL_STD = 200.0
+
+
+def fit_aspect(w: float, h: float, aspect_ratio: float) -> tuple[float, float]:
+    """Extend the shorter side of a ``w`` x ``h`` box so that ``w / h == aspect_ratio`` (HRNet).
+
+    Args:
+        w, h: box width and height in pixels.
+        aspect_ratio: model input W / H.
+
+    Returns:
+        (w, h) with the model's aspect ratio; the longer side is kept.
+    """
+    if w > aspect_ratio * h:
+        h = w / aspect_ratio
+    elif w < aspect_ratio * h:
+        w = h * aspect_ratio
+    return w, h
 
 
 def box_to_center_scale(
@@ -44,10 +63,7 @@ def box_to_center_scale(
     """
     x, y, w, h = (float(v) for v in box[:4])
     center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
+    w, h = fit_aspect(w, h, aspect_ratio)
     scale = np.array([w / pixel_std, h / pixel_std], dtype=np.float32) * enlarge
     return center, scale
 
@@ -148,9 +164,7 @@ def fliplr_joints(joints: np.ndarray, width: int, flip_pairs: Sequence[Sequence[
     """
     out = np.array(joints, dtype=np.float64, copy=True)
     out[:, 0] = width - 1 - out[:, 0]
-    for a, b in flip_pairs:
-        out[[a, b]] = out[[b, a]]
-    return out
+    return out[flip_permutation(flip_pairs, len(out))]
 
 
 def half_body_transform(
@@ -190,10 +204,7 @@ def half_body_transform(
     pts = np.asarray(selected, dtype=np.float32)
     center = pts.mean(axis=0)
     w, h = (pts.max(axis=0) - pts.min(axis=0)).astype(np.float64)
-    if w > aspect_ratio * h:
-        h = w / aspect_ratio
-    elif w < aspect_ratio * h:
-        w = h * aspect_ratio
+    w, h = fit_aspect(w, h, aspect_ratio)
     scale = np.array([w / pixel_std, h / pixel_std], dtype=np.float32) * 1.5
     return center.astype(np.float32), scale
 

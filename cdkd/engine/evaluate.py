@@ -68,7 +68,7 @@ def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: 
 def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict:
     """COCO AP (``main`` = AP) or MPII PCKh (``main`` = Mean) of predictions from :func:`predict`."""
     if dataset.dataset_name == "coco":
-        from cdkd.evaluation import coco_keypoint_eval
+        from cdkd.metrics import coco_keypoint_eval
 
         keypoints = np.concatenate([pred["coords"], pred["scores"][..., None]], axis=-1)  # [N,J,3]
         metrics = coco_keypoint_eval(
@@ -78,8 +78,8 @@ def score_predictions(pred: dict[str, np.ndarray], dataset, cfg: Config) -> dict
         )
         metrics["main"] = metrics["AP"]
         return metrics
-    from cdkd.evaluation import pckh
-    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS
+    from cdkd.metrics import pckh
+    from cdkd.metrics.mpii import MEAN_AT_01_THRESHOLDS
 
     order = np.argsort(pred["index"])
     gt = mpii_ground_truth(dataset)
@@ -99,7 +99,8 @@ def mpii_ground_truth(dataset):
     synthetic annotations carry them).
     """
     from cdkd.data import DataError
-    from cdkd.evaluation.mpii import MPIIGroundTruth, load_gt_valid
+    from cdkd.data.mpii import head_boxes
+    from cdkd.metrics.mpii import MPIIGroundTruth, load_gt_valid
 
     records = dataset.records
     if getattr(dataset, "gt_mat", None):
@@ -115,7 +116,7 @@ def mpii_ground_truth(dataset):
     return MPIIGroundTruth(
         np.stack([r.joints[:, :2] for r in records]),
         np.stack([r.visible > 0 for r in records]),
-        np.stack([np.asarray(r.head_box, dtype=np.float64).reshape(2, 2) for r in records]),
+        head_boxes(records),
     )
 
 
@@ -158,7 +159,7 @@ def _truncated(path: str) -> str | None:
 
 def protocol(cfg: Config, dataset, flip: bool) -> dict:
     boxes = "ground truth" if dataset.dataset_name == "mpii" or cfg.data.use_gt_bbox else f"detections ({cfg.data.det_file})"
-    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS
+    from cdkd.metrics.mpii import MEAN_AT_01_THRESHOLDS
 
     return {"dataset": dataset.dataset_name, "split": cfg.data.val_set, "persons": len(dataset), "boxes": boxes,
             "flip_test": flip, "flip_shift": cfg.eval.flip_shift if flip else None,

@@ -1,13 +1,18 @@
 """Training records: a CSV row per logged step, TensorBoard events, and epoch metrics (JSON lines).
 
 Only rank 0 creates a Recorder with files; other ranks get one with ``enabled=False``.
+:func:`read_steps` and :func:`read_epochs` read the two files back (figures, reports, notebooks).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 class Recorder:
@@ -70,3 +75,59 @@ class Recorder:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def read_steps(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Read a run's ``steps.csv`` into float columns (empty cells become NaN).
+
+    Args:
+        run_dir: the run folder, or the path of the CSV itself.
+
+    Returns:
+        dict column name -> float64 array, one entry per logged step, in file order.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the file, line and column of a non-numeric cell.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "steps.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no training record at {path}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns: dict[str, list[float]] = {name: [] for name in (reader.fieldnames or [])}
+        for line, row in enumerate(reader, start=2):
+            for name, values in columns.items():
+                cell = row.get(name)
+                if cell is None or cell.strip() == "":
+                    values.append(math.nan)
+                    continue
+                try:
+                    values.append(float(cell))
+                except ValueError:
+                    raise ValueError(f"{path}, line {line}, column '{name}': {cell!r} is not a number") from None
+    return {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
+
+
+def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
+    """A run's ``epochs.jsonl``: one dict per finished epoch ('epoch', 'train', 'lr', 'val' when validated).
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming the file and line of a row that is not JSON.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "epochs.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no epoch record at {path}")
+    rows = []
+    for line, text in enumerate(path.read_text().splitlines(), start=1):
+        if text.strip():
+            try:
+                rows.append(json.loads(text))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {line}: {err}") from None
+    return rows

@@ -154,7 +154,7 @@ def write_gt_valid(path: str | Path, joints: np.ndarray, visible: np.ndarray,
     })
     data = bytearray(buffer.getvalue())
     # The 116-byte text header carries a creation time; a fixed one makes equal inputs give equal bytes.
-    data[:116] = b"MATLAB 5.0 MAT-file, written by cdkd.evaluation.mpii.write_gt_valid".ljust(116, b" ")
+    data[:116] = b"MATLAB 5.0 MAT-file, written by cdkd.metrics.mpii.write_gt_valid".ljust(116, b" ")
     path.write_bytes(bytes(data))
     return path
 

@@ -1,11 +1,11 @@
 """Evaluation protocols of the paper's tables: COCO keypoint AP (Tables II, IX) and MPII PCKh
 (Tables I, III-VIII, X), following the HRNet/SimCC code that CDKD reuses.
 
-``cdkd.evaluation.coco`` and ``cdkd.evaluation.mpii`` hold the implementations; the names below
+``cdkd.metrics.coco`` and ``cdkd.metrics.mpii`` hold the implementations; the names below
 are the public entry points.
 """
 
-from cdkd.evaluation.coco import (
+from cdkd.metrics.coco import (
     KeypointPredictions,
     coco_keypoint_eval,
     oks_iou,
@@ -13,7 +13,7 @@ from cdkd.evaluation.coco import (
     select_results,
     write_results_json,
 )
-from cdkd.evaluation.mpii import (
+from cdkd.metrics.mpii import (
     MPIIGroundTruth,
     load_gt_valid,
     pckh,

@@ -37,6 +37,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from cdkd.data.coco import load_coco_api
+
 COCO_SIGMAS = np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62,
                         1.07, 1.07, 0.87, 0.87, 0.89, 0.89]) / 10.0
 # Names of COCOeval.stats for keypoints, in order (the paper's Table II uses the first six).
@@ -320,17 +322,6 @@ def write_results_json(path: str | Path, results: list[dict]) -> Path:
     return path
 
 
-def load_coco(coco_gt: str | Path | COCO) -> COCO:
-    """A pycocotools COCO from a path (quietly) or the object itself."""
-    if isinstance(coco_gt, COCO):
-        return coco_gt
-    path = Path(coco_gt)
-    if not path.exists():
-        raise FileNotFoundError(f"COCO ground truth not found: {path}")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(path))
-
-
 def _person_category(coco: COCO) -> int:
     ids = coco.getCatIds(catNms=["person"]) or coco.getCatIds()
     if len(ids) != 1:
@@ -367,7 +358,7 @@ def coco_keypoint_eval(predictions, coco_gt: str | Path | COCO, oks_thr: float =
     if preds.keypoints.shape[1] != len(sigmas):
         raise ValueError(f"predictions have {preds.keypoints.shape[1]} keypoints but "
                          f"{len(sigmas)} OKS sigmas are given")
-    coco = load_coco(coco_gt)
+    coco = coco_gt if isinstance(coco_gt, COCO) else load_coco_api(coco_gt)
     unknown = np.setdiff1d(np.unique(preds.image_ids), np.asarray(coco.getImgIds()))
     if unknown.size:
         raise ValueError(f"prediction image_id {int(unknown[0])} is not in the COCO ground truth "

@@ -9,7 +9,7 @@ import pytest
 from pycocotools.coco import COCO
 from scipy.io import savemat
 
-from cdkd.evaluation.coco import (
+from cdkd.metrics.coco import (
     COCO_SIGMAS,
     coco_keypoint_eval,
     oks_iou,
@@ -19,7 +19,7 @@ from cdkd.evaluation.coco import (
     select_results,
     write_results_json,
 )
-from cdkd.evaluation.mpii import (
+from cdkd.metrics.mpii import (
     COLUMNS,
     SC_BIAS,
     MPIIGroundTruth,
@@ -319,7 +319,7 @@ def test_mpii_bad_inputs_name_the_problem(tmp_path):
 def test_mean_at_01_uses_the_released_threshold_and_keeps_hrnets_as_an_option():
     """SimCC/CDKD (Table I) read 'Mean@0.1' at index 10 of arange(0, 0.51, 0.01), a threshold of 0.10
     (the default); HRNet's release reads index 11, 0.11 (``eval.mean_at_01=hrnet``)."""
-    from cdkd.evaluation.mpii import MEAN_AT_01_THRESHOLDS, pckh
+    from cdkd.metrics.mpii import MEAN_AT_01_THRESHOLDS, pckh
 
     joints = np.tile(np.arange(16, dtype=float)[:, None] * 5.0, (1, 2))[None]  # [1, 16, 2]
     visible = np.ones((1, 16), bool)
