@@ -115,10 +115,11 @@ def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path
 
 def _model_from(state):
     from cdkd.models import build_pose_model
+    from cdkd.models.simcc import from_official_keys
 
     m = state["model"]
     model = build_pose_model(m["arch"], m["num_joints"], tuple(m["input_size"]), m["split_ratio"])
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(from_official_keys(state["state_dict"]))
     return model
 
 
@@ -231,11 +232,11 @@ class CentreModel(torch.nn.Module):
 @pytest.mark.parametrize("size", [(64, 64), (64, 32), (32, 64)])
 def test_predictions_map_back_through_the_crop(synth, size):
     from cdkd.data.topdown import build_dataset
-    from cdkd.engine.evaluate import predict
+    from cdkd.engine.evaluate import predict_dataset
 
     cfg = tiny("baseline", synth)
     ds = build_dataset(cfg, "val", size, 2.0, train=False)
-    pred = predict(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
+    pred = predict_dataset(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
     centres = np.stack([ds.records[i].center for i in pred["index"]])  # [N, 2]
     np.testing.assert_allclose(pred["coords"], np.repeat(centres[:, None], 16, axis=1), atol=1e-4)
     scales = np.stack([ds.records[i].scale for i in pred["index"]])
@@ -255,14 +256,14 @@ def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, 
     grads = [p.grad for p in t.bare_model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if channels_last:
-        assert t.bare_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert t.bare_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.slow
 def test_torch_compile_option_trains_and_saves_plain_weights(synth, tmp_path):
     run = fit(tiny("teacher", synth, "train.compile=true", "train.max_steps_per_epoch=2"), run_dir=tmp_path / "c")
     state = load_checkpoint(run / "last.pth")
-    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["state_dict"])
+    assert not any(k.startswith(("_orig_mod.", "module.", "backbone.", "head.")) for k in state["state_dict"])
     assert (run / "metrics.json").exists()
 
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
+from cdkd.checkpoint import load_checkpoint, unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, config_to_dict, run_name
 from cdkd.data.topdown import build_dataset
@@ -45,6 +45,7 @@ from cdkd.engine.run import (atomic_write_text, config_changes, describe_changes
                              seed_everything, setup_run)
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model
+from cdkd.models.load import load_model, load_weights, save_checkpoint
 
 
 @dataclass
@@ -451,8 +452,6 @@ def resume_state(t: Training, path: str | Path, state: dict | None = None, chang
     if state is None:
         state, changes = check_resume(t.cfg, path)
     changes = changes or {}
-    from cdkd.checkpoint import load_weights
-
     load_weights(t.bare_model, state["state_dict"])
     if "train.optimizer" not in changes:
         t.optimizer.load_state_dict(state["optimizer"])
