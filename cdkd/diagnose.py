@@ -133,7 +133,7 @@ def measure(t, batches: int = 4, loader=None) -> dict:
     from cdkd.engine.train import compute_losses, make_loader
 
     params = student_parameters(t)
-    loader = loader if loader is not None else make_loader(t, 0)
+    loader = loader if loader is not None else make_loader(t.train_set, t.cfg, 0, t.device, t.dist)
     t.model.train()
     if t.distiller is not None:
         t.distiller.train()
@@ -141,7 +141,7 @@ def measure(t, batches: int = 4, loader=None) -> dict:
     for i, batch in enumerate(loader):
         if i >= batches:
             break
-        _, _, parts = compute_losses(t, batch)
+        _, _, parts = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
         per_batch.append(part_gradients(parts, params))
     if not per_batch:
         raise ValueError("diagnose: the training set gave no batch")
@@ -220,10 +220,10 @@ def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
             raise ConfigError(f"config key 'distill.calibrate_share' needs a non-zero distill.{'alpha' if name == 'feature' else 'beta'}")
     grads = []
     with seeded(t.cfg.train.seed):  # the same batches every time (a resumed run recomputes the same weights)
-        for i, batch in enumerate(make_loader(t, 0)):
+        for i, batch in enumerate(make_loader(t.train_set, t.cfg, 0, t.device, t.dist)):
             if i >= batches:
                 break
-            _, _, parts = compute_losses(t, batch)
+            _, _, parts = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
             grads.append(part_gradients(parts, params))
     second = [torch.stack([g["task"][j] ** 2 for g in grads]).mean(0) for j in range(len(params))]
     norms = [shares_from(g, second)["update_norm"] for g in grads]

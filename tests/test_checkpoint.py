@@ -276,3 +276,26 @@ def test_imagenet_resnet_file_loads_into_pose_resnet(tmp_path):
     assert report["mismatched"] == []
     assert report["missing"] and all(k.startswith("deconv_layers.") for k in report["missing"])
     torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, torchvision_weights["layer4.1.conv2.weight"])
+
+
+def test_saved_files_keep_the_official_key_names(tmp_path):
+    model = build_pose_model("hrnet_w8_tiny", 16, 64, 2.0)
+    path = save_checkpoint(tmp_path / "best.pth", model)
+    keys = set(load_checkpoint(path)["state_dict"])
+    assert keys == set(official_simcc_keys(TINY, joints=16, size=64, k=2))
+    assert set(model.state_dict()) == {f"backbone.{k}" for k in keys if not k.startswith(("final_layer", "mlp_head"))} | {
+        f"head.{k}" for k in keys if k.startswith(("final_layer", "mlp_head"))
+    }
+
+
+def test_checkpoint_module_is_a_leaf():
+    """cdkd.checkpoint imports nothing from cdkd.models (cdkd.models.load sits above both)."""
+    import ast
+    import inspect
+
+    import cdkd.checkpoint
+
+    tree = ast.parse(inspect.getsource(cdkd.checkpoint))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("cdkd.models")], imported

@@ -45,7 +45,7 @@ def test_a_few_steps_lower_each_loss(synth, teacher_ckpt, tmp_path, mode, weight
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=8)))
     history = []
     for _ in range(12):
-        loss, terms, _ = compute_losses(t, batch)
+        loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -250,7 +250,7 @@ def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, 
                teacher=teacher_ckpt)
     t = build_training(cfg, tmp_path / "run")
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-    loss, terms, _ = compute_losses(t, batch)
+    loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     t.scaler.scale(loss).backward()
     grads = [p.grad for p in t.bare_model.parameters() if p.grad is not None]
@@ -300,7 +300,8 @@ def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teach
         theta = t.distiller.temperature.theta
         start = float(theta)
         batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-        loss, _, _ = compute_losses(t, batch)  # Adam's first step is lr * sign(grad): exactly lr * xi here
+        # Adam's first step is lr * sign(grad): exactly lr * xi here
+        loss, _, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -317,5 +318,6 @@ def test_same_class_ablation_gets_the_teachers_class_count(synth, teacher_ckpt, 
     assert cfg.model.split_ratio == cfg.teacher.split_ratio * cfg.teacher.input_size[0] / 32
     t = build_training(cfg, tmp_path / "same")
     assert t.distiller.student_classes == t.distiller.teacher_classes
-    loss, terms, _ = compute_losses(t, next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4))))
+    batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
+    loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
     assert torch.isfinite(loss) and float(terms["logit"]) > 0
