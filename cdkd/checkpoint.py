@@ -1,4 +1,4 @@
-"""Checkpoints: saving and loading SimCC pose models, official state dicts and ImageNet backbones.
+"""Checkpoint files: atomic writing, safe reading, weight matching and ImageNet backbones.
 
 Serves the CDKD pipeline (Gu et al., Sec. III): the teacher is trained first and saved, then
 loaded frozen beside the student; the released SimCC/CDKD weights and the ImageNet-pretrained
@@ -12,11 +12,13 @@ A cdkd checkpoint is a dict of tensors and plain Python values only (it loads wi
      'state_dict': {official key names -> tensors},
      'config': resolved run configuration (dict) or None,
      ...extra (epoch, metrics, optimizer state, ...)}
+
+This module knows files and state dicts only (it imports nothing from :mod:`cdkd.models`); the
+pose-model side (official key names, rebuilding a model) is :mod:`cdkd.models.load`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 from collections import OrderedDict
@@ -28,7 +30,7 @@ from torch import nn
 
 FORMAT = "cdkd-checkpoint-v1"
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DistributedDataParallel, torch.compile
-_RESERVED = ("format", "model", "state_dict", "config")
+RESERVED = ("format", "model", "state_dict", "config")
 
 
 class CheckpointError(ValueError):
@@ -65,37 +67,17 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, config: Any = None, **extra: Any) -> Path:
-    """Write a cdkd checkpoint atomically (temporary file, then ``os.replace``).
+def write_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write a checkpoint dict atomically (temporary file, then ``os.replace``).
 
     Args:
         path: destination file; parent folders are created.
-        model: a :class:`~cdkd.models.simcc.SimCCPoseModel` (also inside DDP or torch.compile).
-        config: the run configuration as a dict (or a :class:`cdkd.config.Config`), or None.
-        **extra: more entries (epoch, metrics, optimizer state_dict, ...), tensors or plain values.
+        payload: tensors and plain Python values only (checked, naming the first bad entry), so
+            that the file loads with ``torch.load(weights_only=True)``.
     Returns:
         The path written.
     """
     path = Path(path)
-    bare = unwrap(model)
-    if not hasattr(bare, "settings"):
-        raise TypeError(f"save_checkpoint needs a pose model with settings(); got {type(bare).__name__}")
-    clash = sorted(set(extra) & set(_RESERVED))
-    if clash:
-        raise ValueError(f"extra checkpoint entries {clash} clash with reserved keys {list(_RESERVED)}")
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        from cdkd.config import config_to_dict
-
-        config = config_to_dict(config)
-    if config is not None and not isinstance(config, dict):
-        raise TypeError(f"config must be a dict, a Config or None; got {type(config).__name__}")
-    payload = {
-        "format": FORMAT,
-        "model": bare.settings(),
-        "state_dict": {k: v.detach().cpu() for k, v in bare.state_dict().items()},
-        "config": config,
-        **extra,
-    }
     for key, value in payload.items():
         _check_plain(value, key)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +188,7 @@ def state_dict_in(checkpoint: dict, source: str = "checkpoint") -> dict[str, tor
             f"{source}: entry '{bad}' is a {type(weights[bad]).__name__}, not a tensor; "
             f"this is not a state dict (top-level keys: {sorted(checkpoint)[:10]})"
         )
-    return {_strip_prefixes(k): v for k, v in weights.items()}
+    return strip_prefixes(weights)
 
 
 def _strip_prefixes(key: str) -> str:
@@ -224,12 +206,20 @@ def _is_counter(key: str) -> bool:
     return key.endswith("num_batches_tracked")
 
 
-def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = True) -> dict:
-    """Load a state dict into ``model`` after stripping ``module.``/``_orig_mod.`` prefixes.
+def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict without ``module.``/``_orig_mod.`` key prefixes (DDP, torch.compile)."""
+    return {_strip_prefixes(k): v for k, v in state_dict.items()}
+
+
+def match_weights(
+    own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], owner: str, strict: bool = True
+) -> dict[str, list[str]]:
+    """Compare a state dict with a module's own, key by key, in one key layout.
 
     Args:
-        model: the target module.
-        state_dict: weights in the model's (official) key layout.
+        own: the module's state dict (only the shapes are read).
+        weights: the state dict to load, prefixes already stripped.
+        owner: the module's name for error messages.
         strict: if True, a missing or unexpected key is an error. A shape mismatch is always an
             error. Missing ``num_batches_tracked`` counters are tolerated (old files lack them).
     Returns:
@@ -238,14 +228,11 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: 
         CheckpointError: naming the first key (in the state dict's order) whose shape does not
             fit, with both shapes; or, when strict, the first missing / unexpected key.
     """
-    weights = {_strip_prefixes(k): v for k, v in state_dict.items()}
-    own = model.state_dict()
-    name = type(unwrap(model)).__name__
     for key, value in weights.items():
         if key in own and tuple(value.shape) != tuple(own[key].shape):
             raise CheckpointError(
                 f"weight '{key}' has shape {tuple(value.shape)} in the state dict but "
-                f"{tuple(own[key].shape)} in the {name}; was it built with the same arch, joints, "
+                f"{tuple(own[key].shape)} in the {owner}; was it built with the same arch, joints, "
                 "input size and split ratio?"
             )
     missing = [k for k in own if k not in weights and not _is_counter(k)]
@@ -254,64 +241,9 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: 
         raise CheckpointError(f"missing key '{missing[0]}' in the state dict ({len(missing)} of {len(own)} missing)")
     if strict and unexpected:
         raise CheckpointError(
-            f"unexpected key '{unexpected[0]}' in the state dict ({len(unexpected)} unexpected) for the {name}"
+            f"unexpected key '{unexpected[0]}' in the state dict ({len(unexpected)} unexpected) for the {owner}"
         )
-    loaded = [k for k in weights if k in own]
-    model.load_state_dict({k: weights[k] for k in loaded}, strict=False)
-    return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
-
-
-def load_model(
-    path: str | Path,
-    map_location: str | torch.device = "cpu",
-    *,
-    arch: str | None = None,
-    num_joints: int | None = None,
-    input_size: tuple[int, int] | list[int] | int | None = None,
-    split_ratio: float | None = None,
-) -> nn.Module:
-    """Rebuild a pose model from a checkpoint and load its weights (strict), in eval mode.
-
-    A cdkd checkpoint carries its model settings; a raw official state dict (e.g. a released
-    SimCC ``model_best.pth``) needs ``arch``, ``num_joints``, ``input_size`` and ``split_ratio``.
-    Settings given for a cdkd checkpoint must agree with the stored ones.
-
-    Args:
-        path: checkpoint or state dict file.
-        map_location: device the returned model is moved to.
-        arch, num_joints, input_size, split_ratio: the model settings (see
-            :func:`cdkd.models.build_pose_model`).
-    Returns:
-        The :class:`~cdkd.models.simcc.SimCCPoseModel`, in eval mode.
-    """
-    from cdkd.models import build_pose_model  # here: cdkd.models imports this module
-
-    checkpoint = load_checkpoint(path)
-    given = {"arch": arch, "num_joints": num_joints, "input_size": input_size, "split_ratio": split_ratio}
-    given = {k: v for k, v in given.items() if v is not None}
-    if isinstance(given.get("input_size"), int):
-        given["input_size"] = [given["input_size"]] * 2
-    if "input_size" in given:
-        given["input_size"] = [int(s) for s in given["input_size"]]
-    if checkpoint.get("format") == FORMAT:
-        settings = dict(checkpoint["model"])
-        for key, value in given.items():
-            stored = settings.get(key)
-            if (float(value) != float(stored)) if key == "split_ratio" else (value != stored):
-                raise CheckpointError(f"{path}: stores {key}={stored!r} but {key}={value!r} was requested")
-    else:
-        needed = [k for k in ("arch", "num_joints", "input_size", "split_ratio") if k not in given]
-        if needed:
-            raise CheckpointError(
-                f"{path} is not a cdkd checkpoint (no model settings); pass {', '.join(needed)} to load_model"
-            )
-        settings = given
-    model = build_pose_model(**settings)
-    try:
-        load_weights(model, state_dict_in(checkpoint, str(path)), strict=True)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
-    return model.to(map_location).eval()
+    return {"loaded": [k for k in weights if k in own], "missing": missing, "unexpected": unexpected}
 
 
 def load_pretrained_backbone(backbone: nn.Module, source: str | Path | dict) -> dict:

@@ -186,10 +186,10 @@ def batch_gradients(t, params: list[nn.Parameter], batches: int, loader=None) ->
         t.distiller.train()
     out = []
     with seeded(t.cfg.train.seed) if loader is None else contextlib.nullcontext():
-        for i, batch in enumerate(loader if loader is not None else make_loader(t, 0)):
+        for i, batch in enumerate(loader if loader is not None else make_loader(t.train_set, t.cfg, 0, t.device, t.dist)):
             if i >= batches:
                 break
-            _, _, parts = compute_losses(t, batch)
+            _, _, parts = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
             out.append(part_gradients(parts, params))
     if not out:
         raise ValueError("diagnose: the training set gave no batch")

@@ -286,7 +286,7 @@ def cli(argv: list[str], command: str = "export") -> int:
 
 def _export(args: argparse.Namespace) -> int:
     """The export command after argument parsing (see :func:`cli`)."""
-    from cdkd.checkpoint import load_model
+    from cdkd.models.load import load_model
     from cdkd.engine.run import check_writable
 
     if args.batch < 1:

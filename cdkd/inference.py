@@ -15,7 +15,7 @@ al.) runs unchanged, since distillation adds nothing at inference:
    :func:`cdkd.data.transforms.transform_preds` maps the crop pixels back to the image.
 
 Nothing is cached between calls: to predict on many images, load the model once
-(:func:`cdkd.checkpoint.load_model`) and pass it as ``checkpoint``.
+(:func:`cdkd.models.load.load_model`) and pass it as ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def default_flip_pairs(num_joints: int) -> tuple[tuple[int, int], ...]:
     """Left/right joint pairs of the standard skeletons: COCO (J = 17) or MPII (J = 16).
 
     Raises:
-        ValueError: for any other J (pass ``flip_pairs`` to :func:`predict`, or ``flip=False``).
+        ValueError: for any other J (pass ``flip_pairs`` to :func:`predict_image`, or ``flip=False``).
     """
     meta = meta_for(num_joints=num_joints)
     if meta is not None:
@@ -63,7 +63,7 @@ def _checked_pairs(flip_pairs, num_joints: int) -> tuple[tuple[int, int], ...]:
 
 
 def _load_image(image, channel_order: str) -> np.ndarray:
-    """RGB uint8 [H, W, 3] from a path or an array (see :func:`predict`)."""
+    """RGB uint8 [H, W, 3] from a path or an array (see :func:`predict_image`)."""
     if isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise FileNotFoundError(f"image file not found: {image}")
@@ -98,7 +98,7 @@ def _model_settings(model: nn.Module) -> tuple[int, int, float]:
     """(H, W, k) of a pose model, or a TypeError naming the missing attribute."""
     for name in ("input_size", "split_ratio"):
         if not hasattr(model, name):
-            raise TypeError(f"predict needs a SimCC pose model with '{name}'; {type(model).__name__} has none")
+            raise TypeError(f"predict_image needs a SimCC pose model with '{name}'; {type(model).__name__} has none")
     h, w = (int(s) for s in model.input_size)
     return h, w, float(model.split_ratio)
 
@@ -107,7 +107,7 @@ def _resolve_model(checkpoint, device: str | torch.device) -> nn.Module:
     if isinstance(checkpoint, nn.Module):
         return checkpoint
     if isinstance(checkpoint, (str, Path)):
-        from cdkd.checkpoint import load_model
+        from cdkd.models.load import load_model
 
         return load_model(checkpoint, map_location=device)
     raise TypeError(f"checkpoint must be a file path or a pose model; got {type(checkpoint).__name__}")
@@ -178,7 +178,7 @@ def predict_crops(model: torch.nn.Module, images: torch.Tensor, flip_pairs, flip
     return coords, scores
 
 
-def predict(
+def predict_image(
     image,
     boxes,
     checkpoint,

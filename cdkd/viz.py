@@ -607,7 +607,7 @@ def plot_image_predictions(
     zoom: bool = True,
     save: str | Path | None = None,
 ) -> Figure:
-    """Every person's predicted keypoints on an image, e.g. the output of ``cdkd.predict``.
+    """Every person's predicted keypoints on an image, e.g. the output of ``cdkd.predict_image``.
 
     Predictions are drawn with the dataset's skeleton (filled markers, solid limbs, coloured by side),
     the ground truth with rings and dashed limbs; with ``zoom`` the view is cropped to the persons'

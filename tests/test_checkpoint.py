@@ -12,15 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from cdkd.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    load_model,
-    load_pretrained_backbone,
-    load_weights,
-    save_checkpoint,
-)
+from cdkd.checkpoint import CheckpointError, load_checkpoint, load_pretrained_backbone
 from cdkd.models import build_pose_model
+from cdkd.models.load import load_model, load_weights, save_checkpoint
+from cdkd.models.simcc import from_official_keys, to_official_keys
 from cdkd.models.hrnet import hrnet_w8_tiny
 
 pytestmark = pytest.mark.timeout(120)
@@ -130,16 +125,16 @@ def test_official_w32_layout_loads_strict_and_with_module_prefix():
     assert params == 28_634_768  # the paper's MPII HRNet-W32 64x64 k=3 model
     official = random_state_dict(shapes)
     model = build_pose_model("hrnet_w32", 16, 64, 3.0)
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == shapes
-    model.load_state_dict(official, strict=True)
+    assert {k: tuple(v.shape) for k, v in to_official_keys(model.state_dict()).items()} == shapes
+    model.load_state_dict(from_official_keys(official), strict=True)
     torch.testing.assert_close(
-        model.stage4[2].fuse_layers[0][3][0].weight, official["stage4.2.fuse_layers.0.3.0.weight"]
+        model.backbone.stage4[2].fuse_layers[0][3][0].weight, official["stage4.2.fuse_layers.0.3.0.weight"]
     )
 
     fresh = build_pose_model("hrnet_w32", 16, 64, 3.0)
     report = load_weights(fresh, {f"module.{k}": v for k, v in official.items()}, strict=True)
     assert report["missing"] == [] and report["unexpected"] == [] and len(report["loaded"]) == len(shapes)
-    torch.testing.assert_close(fresh.mlp_head_y.weight, official["mlp_head_y.weight"])
+    torch.testing.assert_close(fresh.head.mlp_head_y.weight, official["mlp_head_y.weight"])
 
 
 def test_raw_official_file_needs_settings_then_loads(tmp_path):
@@ -150,11 +145,11 @@ def test_raw_official_file_needs_settings_then_loads(tmp_path):
         load_model(path)
     model = load_model(path, arch="hrnet_w8_tiny", num_joints=16, input_size=64, split_ratio=2.0)
     assert not model.training
-    torch.testing.assert_close(model.conv1.weight, official["conv1.weight"])
+    torch.testing.assert_close(model.backbone.conv1.weight, official["conv1.weight"])
     # an official training checkpoint keeps the weights under 'state_dict'
     torch.save({"epoch": 3, "perf": 0.5, "state_dict": official}, path)
     model = load_model(path, arch="hrnet_w8_tiny", num_joints=16, input_size=(64, 64), split_ratio=2)
-    torch.testing.assert_close(model.final_layer.bias, official["final_layer.bias"])
+    torch.testing.assert_close(model.head.final_layer.bias, official["final_layer.bias"])
 
 
 def test_shape_mismatch_names_the_key_and_both_shapes():
@@ -262,7 +257,7 @@ def test_imagenet_hrnet_loader_reports_classification_keys(tmp_path):
 
     model = build_pose_model("hrnet_w8_tiny", 16, 64, 2.0, pretrained=str(path))
     assert model.pretrained_report["unexpected"] == report["unexpected"]
-    torch.testing.assert_close(model.layer1[0].conv3.weight, weights["layer1.0.conv3.weight"])
+    torch.testing.assert_close(model.backbone.layer1[0].conv3.weight, weights["layer1.0.conv3.weight"])
 
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"classifier.weight": torch.zeros(3, 3)}, unrelated)
@@ -280,4 +275,27 @@ def test_imagenet_resnet_file_loads_into_pose_resnet(tmp_path):
     assert report["unexpected"] == ["fc.weight", "fc.bias"]
     assert report["mismatched"] == []
     assert report["missing"] and all(k.startswith("deconv_layers.") for k in report["missing"])
-    torch.testing.assert_close(model.layer4[1].conv2.weight, torchvision_weights["layer4.1.conv2.weight"])
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, torchvision_weights["layer4.1.conv2.weight"])
+
+
+def test_saved_files_keep_the_official_key_names(tmp_path):
+    model = build_pose_model("hrnet_w8_tiny", 16, 64, 2.0)
+    path = save_checkpoint(tmp_path / "best.pth", model)
+    keys = set(load_checkpoint(path)["state_dict"])
+    assert keys == set(official_simcc_keys(TINY, joints=16, size=64, k=2))
+    assert set(model.state_dict()) == {f"backbone.{k}" for k in keys if not k.startswith(("final_layer", "mlp_head"))} | {
+        f"head.{k}" for k in keys if k.startswith(("final_layer", "mlp_head"))
+    }
+
+
+def test_checkpoint_module_is_a_leaf():
+    """cdkd.checkpoint imports nothing from cdkd.models (cdkd.models.load sits above both)."""
+    import ast
+    import inspect
+
+    import cdkd.checkpoint
+
+    tree = ast.parse(inspect.getsource(cdkd.checkpoint))
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    assert not [m for m in imported if m and m.startswith("cdkd.models")], imported

@@ -39,7 +39,7 @@ def test_part_gradients_add_up_to_the_total(synth, teacher_ckpt, tmp_path):
     """Eq. 8 is a sum, so the parts' gradients add up to the total's on the student."""
     t = build_training(student(synth, teacher_ckpt, "distill.alpha=3", "distill.beta=2"), tmp_path / "run")
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-    total, _, parts = compute_losses(t, batch)
+    total, _, parts = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
     params = [p for p in t.bare_model.parameters() if p.requires_grad]
     grads = part_gradients(parts, params)
     total.backward()

@@ -45,7 +45,7 @@ def test_a_few_steps_lower_each_loss(synth, teacher_ckpt, tmp_path, mode, weight
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=8)))
     history = []
     for _ in range(12):
-        loss, terms, _ = compute_losses(t, batch)
+        loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -115,10 +115,11 @@ def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path
 
 def _model_from(state):
     from cdkd.models import build_pose_model
+    from cdkd.models.simcc import from_official_keys
 
     m = state["model"]
     model = build_pose_model(m["arch"], m["num_joints"], tuple(m["input_size"]), m["split_ratio"])
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(from_official_keys(state["state_dict"]))
     return model
 
 
@@ -231,11 +232,11 @@ class CentreModel(torch.nn.Module):
 @pytest.mark.parametrize("size", [(64, 64), (64, 32), (32, 64)])
 def test_predictions_map_back_through_the_crop(synth, size):
     from cdkd.data.topdown import build_dataset
-    from cdkd.engine.evaluate import predict
+    from cdkd.engine.evaluate import predict_dataset
 
     cfg = tiny("baseline", synth)
     ds = build_dataset(cfg, "val", size, 2.0, train=False)
-    pred = predict(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
+    pred = predict_dataset(CentreModel(size), ds, cfg, torch.device("cpu"), flip=False, progress=False)
     centres = np.stack([ds.records[i].center for i in pred["index"]])  # [N, 2]
     np.testing.assert_allclose(pred["coords"], np.repeat(centres[:, None], 16, axis=1), atol=1e-4)
     scales = np.stack([ds.records[i].scale for i in pred["index"]])
@@ -249,20 +250,20 @@ def test_mixed_precision_and_channels_last_paths(synth, teacher_ckpt, tmp_path, 
                teacher=teacher_ckpt)
     t = build_training(cfg, tmp_path / "run")
     batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-    loss, terms, _ = compute_losses(t, batch)
+    loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     t.scaler.scale(loss).backward()
     grads = [p.grad for p in t.bare_model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     if channels_last:
-        assert t.bare_model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert t.bare_model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.slow
 def test_torch_compile_option_trains_and_saves_plain_weights(synth, tmp_path):
     run = fit(tiny("teacher", synth, "train.compile=true", "train.max_steps_per_epoch=2"), run_dir=tmp_path / "c")
     state = load_checkpoint(run / "last.pth")
-    assert not any(k.startswith(("_orig_mod.", "module.")) for k in state["state_dict"])
+    assert not any(k.startswith(("_orig_mod.", "module.", "backbone.", "head.")) for k in state["state_dict"])
     assert (run / "metrics.json").exists()
 
 
@@ -299,7 +300,8 @@ def test_etht_strength_xi_scales_the_temperature_updates_under_adam(synth, teach
         theta = t.distiller.temperature.theta
         start = float(theta)
         batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
-        loss, _, _ = compute_losses(t, batch)  # Adam's first step is lr * sign(grad): exactly lr * xi here
+        # Adam's first step is lr * sign(grad): exactly lr * xi here
+        loss, _, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
         t.optimizer.zero_grad()
         loss.backward()
         t.optimizer.step()
@@ -316,5 +318,6 @@ def test_same_class_ablation_gets_the_teachers_class_count(synth, teacher_ckpt, 
     assert cfg.model.split_ratio == cfg.teacher.split_ratio * cfg.teacher.input_size[0] / 32
     t = build_training(cfg, tmp_path / "same")
     assert t.distiller.student_classes == t.distiller.teacher_classes
-    loss, terms, _ = compute_losses(t, next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4))))
+    batch = next(iter(torch.utils.data.DataLoader(t.train_set, batch_size=4)))
+    loss, terms, _ = compute_losses(t.model, batch, t.cfg, t.device, t.teacher, t.distiller)
     assert torch.isfinite(loss) and float(terms["logit"]) > 0

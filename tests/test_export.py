@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdkd.checkpoint import save_checkpoint
+from cdkd.models.load import save_checkpoint
 from cdkd.export import cli, export_onnx, export_torchscript, verify_onnx, verify_torchscript
 from cdkd.models import build_pose_model
 

@@ -1,4 +1,4 @@
-"""Every backbone + SimCC head: forward/backward, output shapes, flat official names, errors."""
+"""Every backbone + SimCC head: forward/backward, output shapes, official key names, errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cdkd.models import ARCHS, PoseOutput, build_pose_model, num_bins
+from cdkd.models.simcc import from_official_keys, to_official_keys
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -57,7 +58,7 @@ def test_non_square_input_x_follows_width_y_follows_height():
     assert out.x.shape == (1, 17, 384)  # W * k
     assert out.y.shape == (1, 17, 512)  # H * k
     assert out.feature.shape == (1, 17, 64, 48)
-    assert model.mlp_head_x.in_features == 64 * 48
+    assert model.head.mlp_head_x.in_features == 64 * 48
 
 
 def test_feature_is_final_layer_output_and_logits_come_from_it():
@@ -66,10 +67,10 @@ def test_feature_is_final_layer_output_and_logits_come_from_it():
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = model(images)
-        feature = model.final_layer(model.backbone(images))
+        feature = model.head.final_layer(model.backbone(images))
         flat = feature.flatten(2)
-        x = flat @ model.mlp_head_x.weight.T + model.mlp_head_x.bias
-        y = flat @ model.mlp_head_y.weight.T + model.mlp_head_y.bias
+        x = flat @ model.head.mlp_head_x.weight.T + model.head.mlp_head_x.bias
+        y = flat @ model.head.mlp_head_y.weight.T + model.head.mlp_head_y.bias
         head_x, head_y = model.head(model.backbone(images))
     torch.testing.assert_close(out.feature, feature)
     torch.testing.assert_close(out.x, x)
@@ -79,9 +80,10 @@ def test_feature_is_final_layer_output_and_logits_come_from_it():
 
 
 @pytest.mark.parametrize("arch", ["hrnet_w8_tiny", "resnet18"])
-def test_parameter_names_are_flat_official_names(arch):
+def test_state_dict_maps_to_flat_official_names_and_back(arch):
     model = build_pose_model(arch, 16, 64, 3.0)
-    keys = list(model.state_dict())
+    own = model.state_dict()
+    keys = list(to_official_keys(own))
     assert {"conv1.weight", "final_layer.weight", "final_layer.bias", "mlp_head_x.weight", "mlp_head_y.bias"} <= set(
         keys
     )
@@ -89,7 +91,8 @@ def test_parameter_names_are_flat_official_names(arch):
     # parameters are listed once, under the same names as in the state dict
     names = [n for n, _ in model.named_parameters()]
     assert len(names) == len(set(names))
-    assert set(names) <= set(keys)
+    assert set(names) <= set(own)
+    assert len(keys) == len(own) and list(from_official_keys(to_official_keys(own))) == list(own)
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in model.backbone.parameters()) + sum(
         p.numel() for p in model.head.parameters()
     )
@@ -97,7 +100,7 @@ def test_parameter_names_are_flat_official_names(arch):
 
 def test_hrnet_w32_module_layout():
     model = build_pose_model("hrnet_w32", 16, 64, 3.0)
-    top = [name for name, _ in model.named_children()]
+    top = [name for name, _ in model.backbone.named_children()]
     assert top[:12] == [
         "conv1",
         "bn1",
@@ -112,10 +115,11 @@ def test_hrnet_w32_module_layout():
         "transition3",
         "stage4",
     ]
-    assert len(model.layer1) == 4 and len(model.stage2) == 1 and len(model.stage3) == 4 and len(model.stage4) == 3
-    assert len(model.stage4[2].fuse_layers) == 1  # the last module outputs the highest resolution only
-    assert len(model.stage4[1].fuse_layers) == 4
-    assert model.transition1[0] is not None and model.transition2[0] is None
+    net = model.backbone
+    assert len(net.layer1) == 4 and len(net.stage2) == 1 and len(net.stage3) == 4 and len(net.stage4) == 3
+    assert len(net.stage4[2].fuse_layers) == 1  # the last module outputs the highest resolution only
+    assert len(net.stage4[1].fuse_layers) == 4
+    assert net.transition1[0] is not None and net.transition2[0] is None
 
 
 def test_official_initialisation():
@@ -123,7 +127,7 @@ def test_official_initialisation():
     model = build_pose_model("hrnet_w16_small", 16, 64, 3.0)
     conv_std = torch.cat([m.weight.flatten() for m in model.modules() if isinstance(m, torch.nn.Conv2d)]).std()
     assert 0.0009 < conv_std < 0.0011
-    assert (model.final_layer.bias == 0).all()
+    assert (model.head.final_layer.bias == 0).all()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             assert (m.weight == 1).all() and (m.bias == 0).all()
@@ -134,9 +138,9 @@ def test_settings_and_train_mode_reach_both_parts():
     assert model.settings() == {"arch": "hrnet_w8_tiny", "num_joints": 17, "input_size": [128, 96], "split_ratio": 2.0}
     assert (model.arch, model.num_joints, model.input_size, model.split_ratio) == ("hrnet_w8_tiny", 17, (128, 96), 2.0)
     model.eval()
-    assert not model.backbone.training and not model.head.training and not model.bn1.training
+    assert not model.backbone.training and not model.head.training and not model.backbone.bn1.training
     model.train()
-    assert model.backbone.training and model.head.training and model.bn1.training
+    assert model.backbone.training and model.head.training and model.backbone.bn1.training
 
 
 def test_errors_are_clear():

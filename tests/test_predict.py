@@ -1,7 +1,7 @@
-"""predict(): image + person boxes -> keypoints in image pixels (SimCC top-down inference).
+"""predict_image(): image + person boxes -> keypoints in image pixels (SimCC top-down inference).
 
 The geometry is checked against an oracle "model" that knows the true joints of the image and
-nothing about ``predict``: every image pixel stores its own coordinates (red = x, green = y), so
+nothing about ``predict_image``: every image pixel stores its own coordinates (red = x, green = y), so
 the oracle reads the affine map of the crop it is given from the pixel values (least squares),
 maps the true joints into the crop, and puts one sharp logit peak at ``round(crop * k)`` per axis.
 On a mirrored crop it does what a perfect network does: the joint it reports as "left" is the
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 import cdkd
-from cdkd.checkpoint import save_checkpoint
+from cdkd.models.load import save_checkpoint
 from cdkd.models import PoseOutput, build_pose_model
-from cdkd.inference import predict
+from cdkd.inference import predict_image
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -118,8 +118,8 @@ def test_geometry_matches_affine_mapping(num_joints, input_size, k):
     joints = true_joints(num_joints)
     model = OracleModel(joints, input_size, k)
     image = coordinate_image()
-    plain = predict(image, BOXES, model, flip=False)
-    flipped = predict(image, BOXES, model, flip=True)
+    plain = predict_image(image, BOXES, model, flip=False)
+    flipped = predict_image(image, BOXES, model, flip=True)
     height, width = input_size
     for p, box in enumerate(BOXES):
         centre, px_per_crop = hand_geometry(box, input_size)
@@ -138,8 +138,8 @@ def test_flip_test_needs_the_right_pairs():
     joints = true_joints(17)
     model = OracleModel(joints, (32, 32), 2.0)
     image = coordinate_image()
-    right = predict(image, BOXES, model, flip=True)
-    no_swap = predict(image, BOXES, model, flip=True, flip_pairs=())
+    right = predict_image(image, BOXES, model, flip=True)
+    no_swap = predict_image(image, BOXES, model, flip=True, flip_pairs=())
     assert right["scores"].min() > 0.99
     paired = sorted(j for pair in PAIRS[17] for j in pair)
     # without the swap, a paired joint averages its own peak with its partner's: two half peaks
@@ -157,9 +157,9 @@ def test_path_and_bgr_array_give_the_same_result(tmp_path):
     bgr = np.ascontiguousarray(rgb[..., ::-1])
     path = tmp_path / "people.png"
     assert cv2.imwrite(str(path), bgr)
-    from_path = predict(path, BOXES, model)
-    from_bgr = predict(bgr, BOXES, model, channel_order="bgr")
-    from_rgb = predict(rgb, BOXES, model)
+    from_path = predict_image(path, BOXES, model)
+    from_bgr = predict_image(bgr, BOXES, model, channel_order="bgr")
+    from_rgb = predict_image(rgb, BOXES, model)
     np.testing.assert_allclose(from_path["keypoints"], from_rgb["keypoints"])
     np.testing.assert_allclose(from_bgr["keypoints"], from_rgb["keypoints"])
 
@@ -170,8 +170,8 @@ def test_checkpoint_path_and_package_entry(tmp_path):
     ckpt = save_checkpoint(tmp_path / "student.pth", model)
     image = np.random.default_rng(0).integers(0, 255, size=(120, 100, 3), dtype=np.uint8)
     boxes = [[10, 10, 50, 80], [40, 30, 40, 60], [0, 0, 100, 120]]
-    out = cdkd.predict(image, boxes, ckpt)
-    again = cdkd.predict(image, boxes, model.eval())  # works again after the submodule import
+    out = cdkd.predict_image(image, boxes, ckpt)
+    again = cdkd.predict_image(image, boxes, model.eval())  # works again after the submodule import
     assert out["keypoints"].shape == (3, 17, 2) and out["scores"].shape == (3, 17)
     np.testing.assert_allclose(out["keypoints"], again["keypoints"])
     # every decoded point lies inside its (enlarged) crop window
@@ -182,7 +182,7 @@ def test_checkpoint_path_and_package_entry(tmp_path):
 
 def test_model_mode_is_restored():
     model = build_pose_model("hrnet_w8_tiny", 16, (32, 32), 2.0).train()
-    predict(np.zeros((40, 40, 3), np.uint8), [0, 0, 30, 30], model)
+    predict_image(np.zeros((40, 40, 3), np.uint8), [0, 0, 30, 30], model)
     assert model.training
 
 
@@ -191,22 +191,22 @@ def test_bad_inputs_give_clear_errors(tmp_path):
     image = coordinate_image()
     missing = tmp_path / "nope.jpg"
     with pytest.raises(FileNotFoundError, match="nope.jpg"):
-        predict(missing, BOXES, model)
+        predict_image(missing, BOXES, model)
     with pytest.raises(ValueError, match="empty"):
-        predict(image, np.zeros((0, 4)), model)
+        predict_image(image, np.zeros((0, 4)), model)
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
-        predict(image, np.zeros((2, 5)), model)
+        predict_image(image, np.zeros((2, 5)), model)
     with pytest.raises(ValueError, match="box 1"):
-        predict(image, [[0, 0, 10, 10], [5, 5, -3, 10]], model)
+        predict_image(image, [[0, 0, 10, 10], [5, 5, -3, 10]], model)
     with pytest.raises(ValueError, match="uint8"):
-        predict(image.astype(np.float32), BOXES, model)
+        predict_image(image.astype(np.float32), BOXES, model)
     with pytest.raises(ValueError, match="channel_order"):
-        predict(image, BOXES, model, channel_order="bgra")
+        predict_image(image, BOXES, model, channel_order="bgra")
     with pytest.raises(TypeError, match="checkpoint"):
-        predict(image, BOXES, 42)
+        predict_image(image, BOXES, 42)
     five = build_pose_model("hrnet_w8_tiny", 5, (32, 32), 2.0)
     with pytest.raises(ValueError, match="flip_pairs"):
-        predict(image, BOXES, five)
-    assert predict(image, BOXES, five, flip=False)["keypoints"].shape == (2, 5, 2)
+        predict_image(image, BOXES, five)
+    assert predict_image(image, BOXES, five, flip=False)["keypoints"].shape == (2, 5, 2)
     with pytest.raises(ValueError, match="flip pair"):
-        predict(image, BOXES, five, flip_pairs=[(1, 7)])
+        predict_image(image, BOXES, five, flip_pairs=[(1, 7)])

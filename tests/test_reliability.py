@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdkd.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from cdkd.checkpoint import CheckpointError, load_checkpoint
 from cdkd.config import Config, ConfigError, load_config
 from cdkd.data import DataError
 from cdkd.data.synthetic import synthesize
@@ -25,6 +25,7 @@ from cdkd.engine.evaluate import evaluate, write_metrics
 from cdkd.engine.train import RunFolderError, fit
 from cdkd.metrics.coco import oks_matrix, oks_nms
 from cdkd.models import build_pose_model
+from cdkd.models.load import save_checkpoint
 from cdkd.pipeline import is_complete, reuse_or_train
 from tests.test_datasets import coco_ann, coco_cfg, mpii_entry, write_coco, write_image, write_mpii
 
@@ -261,11 +262,11 @@ def test_truncated_jpeg_is_an_error_in_training_data_and_predict(tmp_path):
     assert cv2.imread(str(path)) is not None  # OpenCV alone accepts it (grey fill)
     with pytest.raises(DataError, match="truncated JPEG"):
         read_image(str(path))
-    from cdkd.inference import predict
+    from cdkd.inference import predict_image
 
     model = build_pose_model("hrnet_w8_tiny", 16, (64, 64), 2.0)
     with pytest.raises(DataError, match="truncated JPEG"):
-        predict(str(path), [10, 10, 50, 80], model, flip=False)
+        predict_image(str(path), [10, 10, 50, 80], model, flip=False)
 
 
 # --- 7. tracebacks instead of messages ---------------------------------------------------------------
@@ -344,18 +345,18 @@ def test_help_texts_have_defaults_and_no_rst(capsys):
         assert len(blocks) >= 5 and all("default" in b or "(required)" in b for b in blocks), text
 
 
-# --- 8. cdkd.predict arguments ---------------------------------------------------------------------
+# --- 8. cdkd.predict_image arguments ---------------------------------------------------------------------
 def test_predict_validates_arguments_and_flags_boxes_outside():
-    from cdkd.inference import predict
+    from cdkd.inference import predict_image
 
     model = build_pose_model("hrnet_w8_tiny", 16, (64, 64), 2.0)
     image = np.full((120, 160, 3), 128, dtype=np.uint8)
     boxes = [[10, 10, 50, 80], [500, 500, 40, 40], [20, 20, 30, 30]]
     with pytest.raises(ValueError, match="batch_size"):
-        predict(image, boxes, model, flip=False, batch_size=0)
+        predict_image(image, boxes, model, flip=False, batch_size=0)
     with pytest.raises(ValueError, match="empty"):
-        predict(np.zeros((0, 0, 3), dtype=np.uint8), boxes, model, flip=False)
-    out = predict(image, boxes, model, flip=False, batch_size=2)
+        predict_image(np.zeros((0, 0, 3), dtype=np.uint8), boxes, model, flip=False)
+    out = predict_image(image, boxes, model, flip=False, batch_size=2)
     assert out["keypoints"].shape[0] == 3
     assert out["in_image"].tolist() == [True, False, True]
     assert (out["scores"][1] == 0).all() and (out["scores"][[0, 2]] > 0).all()

@@ -1,22 +1,13 @@
-"""Training and evaluation engine (``fit``, ``train_one_epoch``, ``evaluate``, ``predict``).
+"""Training and evaluation engine.
 
-Imported lazily so that ``import cdkd.engine`` stays cheap.
+Re-exported here: :func:`fit`, :func:`build_training`, :func:`train_one_epoch` (``train.py``),
+:func:`predict_dataset` (``evaluate.py``), :func:`setup_run`, :func:`seed_everything` (``run.py``).
+The function ``evaluate`` is not re-exported: it would hide the submodule ``cdkd.engine.evaluate``
+of the same name; use ``from cdkd.engine.evaluate import evaluate``.
 """
 
-_EXPORTS = {
-    "fit": "cdkd.engine.train",
-    "build_training": "cdkd.engine.train",
-    "train_one_epoch": "cdkd.engine.train",
-    "evaluate": "cdkd.engine.evaluate",
-    "predict": "cdkd.engine.evaluate",
-    "setup_run": "cdkd.engine.run",
-    "seed_everything": "cdkd.engine.run",
-}
+from cdkd.engine.evaluate import predict_dataset
+from cdkd.engine.run import seed_everything, setup_run
+from cdkd.engine.train import build_training, fit, train_one_epoch
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__ = ["build_training", "fit", "predict_dataset", "seed_everything", "setup_run", "train_one_epoch"]

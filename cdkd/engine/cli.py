@@ -68,12 +68,13 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     args = _eval_parser().parse_args(argv)
-    from cdkd.checkpoint import load_checkpoint, load_model
+    from cdkd.checkpoint import load_checkpoint
     from cdkd.data.topdown import build_dataset
     from cdkd.engine.dist import resolve_device
     from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
     from cdkd.engine.run import check_writable
     from cdkd.engine.train import check_device
+    from cdkd.models.load import load_model
 
     state = load_checkpoint(args.checkpoint)
     cfg = load_config(args.config or state.get("config") or {}, args.overrides)

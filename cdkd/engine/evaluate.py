@@ -24,7 +24,7 @@ from cdkd.inference import predict_crops
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: bool | None = None,
+def predict_dataset(model: nn.Module, dataset, cfg: Config, device: torch.device, flip: bool | None = None,
             progress: bool = True) -> dict[str, np.ndarray]:
     """Keypoints of every person of ``dataset`` in image coordinates.
 
@@ -172,7 +172,7 @@ def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, flip:
     """Predict and score; the result carries the protocol beside the numbers."""
     flip = cfg.eval.flip_test if flip is None else flip
     start = time.perf_counter()
-    pred = predict(model, dataset, cfg, device, flip=flip, progress=progress)
+    pred = predict_dataset(model, dataset, cfg, device, flip=flip, progress=progress)
     metrics = score_predictions(pred, dataset, cfg)
     metrics["protocol"] = protocol(cfg, dataset, flip)
     # persons not scored: left out when the data was loaded (skip mode) or unreadable when evaluated

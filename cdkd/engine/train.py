@@ -1,8 +1,9 @@
 """Training engine: the teacher, the SimCC baseline student and the CDKD student (Eq. 8).
 
 ``fit(cfg)`` is the one call behind ``python -m cdkd train``; the pieces it uses
-(``build_training``, ``train_one_epoch``, ``save_state`` / ``resume_state``) are importable on their
-own so that a notebook can drive a run step by step.
+(``build_training``, ``make_loader``, ``train_one_epoch``, and ``save_state`` / ``resume_state`` of
+:mod:`cdkd.engine.resume`) are importable on their own and take what they use as arguments, so
+that a notebook can drive a run step by step.
 
 Determinism and resume: every epoch reseeds python, numpy and torch from ``(seed, epoch)`` before
 its data loader is created, so shuffling, augmentation (also inside worker processes) and any other
@@ -14,15 +15,12 @@ mid-epoch restarts that epoch from the previous checkpoint.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
 import shutil
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from cdkd.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
+from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, config_to_dict, run_name
 from cdkd.data.topdown import build_dataset
@@ -41,15 +39,16 @@ from cdkd.distill.etht import etht_param_group, set_etht_lr
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
 from cdkd.engine.recorder import Recorder
-from cdkd.engine.run import (atomic_write_text, config_changes, describe_changes, epoch_seed, run_files,
-                             seed_everything, setup_run)
+from cdkd.engine.resume import check_resume, resume_state, save_state, trim_records
+from cdkd.engine.run import atomic_write_text, epoch_seed, run_files, seed_everything, setup_run
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model
+from cdkd.models.load import load_model, save_checkpoint
 
 
 @dataclass
 class Training:
-    """Everything a run holds; built by :func:`build_training`."""
+    """What :func:`build_training` builds together for a run (models, data, optimizer, schedule)."""
 
     cfg: Config
     run_dir: Path
@@ -63,9 +62,6 @@ class Training:
     val_set: torch.utils.data.Dataset
     teacher: nn.Module | None = None
     distiller: Distiller | None = None
-    start_epoch: int = 0
-    best: float = -math.inf
-    history: list = field(default_factory=list)
 
     @property
     def bare_model(self) -> nn.Module:
@@ -209,40 +205,45 @@ def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Disti
     return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs)
 
 
-def make_loader(t: Training, epoch: int) -> DataLoader:
+def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: DistInfo) -> DataLoader:
     """The epoch's loader; its shuffling and worker seeds follow the reseeded global RNG."""
-    cfg = t.cfg
     sampler = None
-    if t.dist.enabled:
-        sampler = DistributedSampler(t.train_set, shuffle=True, seed=cfg.train.seed, drop_last=True)
+    if dist.enabled:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.train.seed, drop_last=True)
         sampler.set_epoch(epoch)
-    per_rank = max(1, cfg.train.batch_size // t.dist.world_size)
+    per_rank = max(1, cfg.train.batch_size // dist.world_size)
     return DataLoader(
-        t.train_set,
+        dataset,
         batch_size=per_rank,
         shuffle=sampler is None,
         sampler=sampler,
         num_workers=cfg.data.workers,
-        pin_memory=t.device.type == "cuda",
-        drop_last=len(t.train_set) > per_rank,
+        pin_memory=device.type == "cuda",
+        drop_last=len(dataset) > per_rank,
         persistent_workers=False,
     )
 
 
-def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Forward the student (and teacher); return L_total (Eq. 8), the logged terms and the weighted
-    parts of Eq. 8 (with their graphs, for :mod:`cdkd.diagnose`)."""
-    cfg, device = t.cfg, t.device
+def compute_losses(
+    model: nn.Module,
+    batch: dict,
+    cfg: Config,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    distiller: Distiller | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward the student (and, with a distiller, the teacher); return L_total (Eq. 8), the logged
+    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.diagnose`)."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     tx = batch["target_x"].to(device, non_blocking=True)
     ty = batch["target_y"].to(device, non_blocking=True)
     weight = batch["target_weight"].to(device, non_blocking=True)
     with autocast(cfg, device):
-        out = t.model(image)
+        out = model(image)
     task = simcc_loss(out.x.float(), out.y.float(), tx, ty, weight, kind=cfg.loss.kind,
                       label_smoothing=cfg.loss.label_smoothing)  # L_ori
-    if t.distiller is None:
+    if distiller is None:
         parts = total_loss(task, cfg.loss.weight)  # Eq. 8 with alpha = beta = 0
         total = parts.pop("total")
         zero = torch.zeros((), device=device)
@@ -251,60 +252,72 @@ def compute_losses(t: Training, batch: dict) -> tuple[torch.Tensor, dict[str, to
         return total, terms, parts
     teacher_image = batch["teacher_image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     with torch.no_grad(), autocast(cfg, device):
-        teacher_out = t.teacher(teacher_image)
-    step = t.distiller(out, teacher_out, weight, task, cfg.loss.weight)
+        teacher_out = teacher(teacher_image)
+    step = distiller(out, teacher_out, weight, task, cfg.loss.weight)
     return step.total, step.terms, step.parts
 
 
-def sync_distiller_grads(t: Training) -> None:
+def sync_distiller_grads(distiller: Distiller | None, dist: DistInfo) -> None:
     """DDP averages the student's gradients; the distiller's own parameters are averaged here."""
-    if not t.dist.enabled or t.distiller is None:
+    if not dist.enabled or distiller is None:
         return
-    for p in t.distiller.trainable_parameters():
+    for p in distiller.trainable_parameters():
         if p.grad is not None:
             torch_dist.all_reduce(p.grad)
-            p.grad /= t.dist.world_size
+            p.grad /= dist.world_size
 
 
-def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, float]:
-    """One pass over the training set; returns the mean of every logged term."""
-    cfg = t.cfg
-    t.model.train()
-    if t.distiller is not None:
-        t.distiller.train()
-        t.distiller.set_epoch(epoch)
-        set_etht_lr(t.optimizer, t.distiller.xi)
-    loader = make_loader(t, epoch)
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    cfg: Config,
+    device: torch.device,
+    epoch: int,
+    recorder: Recorder,
+    dist: DistInfo,
+    teacher: nn.Module | None = None,
+    distiller: Distiller | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader`` (at most ``train.max_steps_per_epoch`` steps); returns the mean of
+    every logged term. ``model`` is the student (or the teacher being trained), maybe DDP-wrapped;
+    ``teacher`` and ``distiller`` are given in distill mode."""
+    model.train()
+    if distiller is not None:
+        distiller.train()
+        distiller.set_epoch(epoch)
+        set_etht_lr(optimizer, distiller.xi)
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # the shares are measured on logged steps only
     done = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not t.dist.is_main,
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main,
                dynamic_ncols=True, leave=False)
     start = time.perf_counter()
     for i, batch in enumerate(loader):
         if i >= steps:
             break
-        loss, terms, parts = compute_losses(t, batch)
+        loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
         log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
-        shares = measure_shares(t, parts) if log_now and cfg.train.log_shares else None
+        shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
         # one device->host copy per step for every logged term (not one sync per term)
         names = [*terms, "loss"]
         values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
         if not math.isfinite(values["loss"]):
             raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
-        t.optimizer.zero_grad(set_to_none=True)
-        t.scaler.scale(loss).backward()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
         if shares is not None:
-            values.update(finish_shares(t, shares))
-        sync_distiller_grads(t)
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
+            values.update(finish_shares(optimizer, scaler, shares))
+        sync_distiller_grads(distiller, dist)
+        scaler.step(optimizer)
+        scaler.update()
         for k, v in values.items():
             sums[k] = sums.get(k, 0.0) + v
             counts[k] = counts.get(k, 0) + 1
         if log_now:
-            values["lr"] = t.optimizer.param_groups[0]["lr"]
+            values["lr"] = optimizer.param_groups[0]["lr"]
             recorder.step(epoch * steps + i, epoch, values)
         bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
         bar.update(1)
@@ -312,193 +325,41 @@ def train_one_epoch(t: Training, epoch: int, recorder: Recorder) -> dict[str, fl
     bar.close()
     n = max(1, done)
     means = {k: v / counts[k] for k, v in sums.items()}
-    means["samples_per_s"] = n * loader.batch_size * t.dist.world_size / max(time.perf_counter() - start, 1e-9)
-    return all_reduce_mean(means, t.dist)
+    means["samples_per_s"] = n * loader.batch_size * dist.world_size / max(time.perf_counter() - start, 1e-9)
+    return all_reduce_mean(means, dist)
 
 
-def measure_shares(t: Training, parts: dict[str, torch.Tensor]) -> dict | None:
+def measure_shares(model: nn.Module, distiller: Distiller | None, dist: DistInfo,
+                   parts: dict[str, torch.Tensor]) -> dict | None:
     """Before the step's backward: the gradients of the feature and logit parts of Eq. 8 on the
     student (two extra backward passes, only on logged steps). None where it does not apply
     (DDP, or a baseline whose distillation parts are zeros)."""
-    from cdkd.diagnose import part_gradients, student_parameters
+    from cdkd.diagnose import part_gradients
 
-    if t.dist.enabled or t.distiller is None:
+    if dist.enabled or distiller is None:
         return None
-    params = student_parameters(t)
+    params = [p for p in unwrap(model).parameters() if p.requires_grad]  # the student's, not the distiller's
     return {"params": params, "grads": part_gradients(parts, params, skip=("task",))}
 
 
-def finish_shares(t: Training, pending: dict) -> dict[str, float]:
+def finish_shares(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pending: dict) -> dict[str, float]:
     """After the backward: the task part's gradient is the total minus the other two (Eq. 8 is a
     sum); the shares use Adam's own second moment (see :mod:`cdkd.diagnose`)."""
     from cdkd.diagnose import adam_second_moment, shares_from
 
     params, grads = pending["params"], pending["grads"]
-    scale = t.scaler.get_scale() if t.scaler.is_enabled() else 1.0
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     total = [(p.grad.detach() / scale) if p.grad is not None else torch.zeros_like(p) for p in params]
     grads["task"] = [g - f - lo for g, f, lo in zip(total, grads["feature"], grads["logit"])]
-    second = adam_second_moment(t.optimizer, params)
-    if second is None and isinstance(t.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+    second = adam_second_moment(optimizer, params)
+    if second is None and isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         second = [g * g for g in total]  # first step: Adam's v is the squared gradient
     result = shares_from(grads, second)
     return {f"share_{k}": v for k, v in result["shares"].items()}
 
 
-def save_state(t: Training, epoch: int, path: Path) -> None:
-    """Atomic checkpoint with everything resume needs (model, optimizer, schedule, distiller, RNG)."""
-    extra = {
-        "epoch": epoch,
-        "optimizer": t.optimizer.state_dict(),
-        "scheduler": {**t.scheduler.state_dict(), "milestones": dict(t.scheduler.milestones)},
-        "scaler": t.scaler.state_dict(),
-        "best": t.best,
-        "history": t.history,
-        "rng": {"torch": torch.get_rng_state()},
-    }
-    if t.distiller is not None:
-        extra.update(distiller_state(t.distiller))
-    save_checkpoint(path, t.bare_model, config=config_to_dict(t.cfg), **extra)
-
-
-def distiller_state(distiller: nn.Module) -> dict:
-    """The distiller's state for a checkpoint, without its frozen parameters.
-
-    In ``fidelity: official`` the projectors are never trained (released behaviour) and can be
-    huge (805M parameters at MPII 64x64, see docs/projectors.md). They are a deterministic function
-    of the seed (the run is seeded before any module is built), so the checkpoint keeps only a
-    checksum of each, and :func:`load_distiller_state` checks the rebuilt ones against it.
-    """
-    sd = distiller.state_dict()
-    frozen = {n for n, p in distiller.named_parameters() if not p.requires_grad}
-    return {"distiller": {k: v for k, v in sd.items() if k not in frozen},
-            "distiller_frozen": {k: float(sd[k].double().sum()) for k in sorted(frozen)}}
-
-
-def load_distiller_state(distiller: nn.Module, state: dict, path: str | Path) -> None:
-    """Restore :func:`distiller_state`; the frozen parameters must equal the checkpoint's checksums."""
-    sd = distiller.state_dict()
-    for key, checksum in state.get("distiller_frozen", {}).items():
-        if key not in sd or float(sd[key].double().sum()) != checksum:
-            raise ValueError(f"cannot resume from {path}: the rebuilt frozen distiller parameter '{key}' differs "
-                             "from the one the run was trained with (different seed or code version)")
-    missing = set(sd) - set(state["distiller"]) - set(state.get("distiller_frozen", {}))
-    if missing:
-        raise ValueError(f"cannot resume from {path}: distiller state lacks {sorted(missing)[0]}")
-    distiller.load_state_dict({**sd, **state["distiller"]})
-
-
-STRUCTURAL = ("model.", "distill.", "train.mode", "teacher.arch", "teacher.input_size", "teacher.split_ratio")
-
-
 class RunFolderError(ConfigError):
     """A run folder that a new run must not write into (it holds a run); names ``--overwrite``."""
-
-
-def check_resume(cfg: Config, path: str | Path, accept_config_change: bool = False) -> tuple[dict, dict]:
-    """Read a ``last.pth`` and compare its config with ``cfg`` before anything is written.
-
-    Returns:
-        (the checkpoint, the changed keys ``{'train.lr': [old, new]}``; empty when equal).
-    Raises:
-        CheckpointError: the file holds weights only (``best.pth``), naming it.
-        ConfigError: the config differs (naming the keys) and ``accept_config_change`` is False,
-            or a key that changes the model itself differs (never accepted).
-    """
-    from cdkd.checkpoint import CheckpointError
-
-    state = load_checkpoint(path)
-    if "optimizer" not in state or "epoch" not in state or not isinstance(state.get("config"), dict):
-        raise CheckpointError(f"{path} holds weights only (no optimizer or epoch state, as best.pth); "
-                              "resume from the run's last.pth")
-    changes = config_changes(state["config"], cfg)
-    fixed = {k: v for k, v in changes.items() if k.startswith(STRUCTURAL)
-             and (not k.startswith("teacher.") or cfg.train.mode == "distill")}
-    if fixed:
-        raise ConfigError(f"cannot resume from {path}: {describe_changes(fixed)} differ from the checkpoint's and "
-                          "change the model itself; start a new run (another --out, or --overwrite)")
-    if changes and not accept_config_change:
-        raise ConfigError(f"cannot resume from {path}: the config differs from the one it was trained with "
-                          f"({describe_changes(changes)}); pass --accept-config-change to continue with the new "
-                          "values (recorded in config.yaml, epochs.jsonl and metrics.json), or drop the changes")
-    return state, changes
-
-
-def _apply_changes(t: Training, changes: dict) -> None:
-    """Make the resumed optimizer and schedule follow the accepted new config (lr, steps, decay)."""
-    cfg, groups = t.cfg, t.optimizer.param_groups
-    if "train.weight_decay" in changes:
-        for group in groups:
-            if not group.get("etht"):
-                group["weight_decay"] = cfg.train.weight_decay
-    if {"train.lr", "train.lr_steps", "train.lr_factor", "train.optimizer"} & set(changes):
-        t.scheduler.milestones = Counter(cfg.train.lr_steps)
-        t.scheduler.gamma = cfg.train.lr_factor
-        t.scheduler.base_lrs = [cfg.train.lr] * len(groups)
-        passed = sum(1 for m in cfg.train.lr_steps if m <= t.scheduler.last_epoch)
-        for group in groups:
-            group["initial_lr"] = cfg.train.lr
-            group["lr"] = cfg.train.lr * cfg.train.lr_factor ** passed
-        t.scheduler._last_lr = [group["lr"] for group in groups]
-
-
-def resume_state(t: Training, path: str | Path, state: dict | None = None, changes: dict | None = None) -> None:
-    """Load a ``last.pth`` written by :func:`save_state`; training continues at the next epoch.
-
-    ``state``/``changes`` come from :func:`check_resume` (called here when not given, refusing any
-    config change). Accepted changes are applied: the new lr, schedule and weight decay reach the
-    optimizer; a new optimizer kind starts from a fresh optimizer state.
-    """
-    if state is None:
-        state, changes = check_resume(t.cfg, path)
-    changes = changes or {}
-    from cdkd.checkpoint import load_weights
-
-    load_weights(t.bare_model, state["state_dict"])
-    if "train.optimizer" not in changes:
-        t.optimizer.load_state_dict(state["optimizer"])
-    t.scheduler.load_state_dict({**state["scheduler"], "milestones": Counter(state["scheduler"]["milestones"])})
-    t.scaler.load_state_dict(state["scaler"])
-    if t.distiller is not None and "distiller" in state:
-        load_distiller_state(t.distiller, state, path)
-    _apply_changes(t, changes)
-    t.start_epoch = int(state["epoch"]) + 1
-    t.best = float(state.get("best", -math.inf))
-    t.history = list(state.get("history", []))
-    torch.set_rng_state(state["rng"]["torch"])
-
-
-def trim_records(run_dir: Path, start_epoch: int) -> None:
-    """Drop the log rows of epochs at or after ``start_epoch``: a run killed mid-epoch logged part of
-    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``.
-    A line cut short by a kill is dropped too; both files are replaced atomically."""
-    steps = run_dir / "steps.csv"
-    if steps.exists():
-        with open(steps, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows:
-            col = rows[0].index("epoch")
-            kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _number(r[col]) < start_epoch]
-            text = io.StringIO()
-            csv.writer(text).writerows(kept)
-            atomic_write_text(steps, text.getvalue())
-    epochs = run_dir / "epochs.jsonl"
-    if epochs.exists():
-        lines = [ln for ln in epochs.read_text().splitlines() if _epoch_of(ln) < start_epoch]
-        atomic_write_text(epochs, "".join(ln + "\n" for ln in lines))
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.inf
-
-
-def _epoch_of(line: str) -> float:
-    try:
-        return float(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 def staging_dir(run_dir: Path) -> Path:
@@ -523,11 +384,11 @@ def check_device(cfg: Config) -> None:
                           "use train.device=cpu or auto")
 
 
-def _write_skipped(t: Training) -> None:
+def _write_skipped(run_dir: Path, train_set, val_set) -> None:
     """``skipped.json``: what ``data.on_bad: skip`` left out of each split, and the protocol filters."""
     record = {split: {"count": len(ds.skipped), "skipped": list(ds.skipped), "filtered": dict(ds.filtered)}
-              for split, ds in (("train", t.train_set), ("val", t.val_set))}
-    atomic_write_text(t.run_dir / "skipped.json", json.dumps(record, indent=2))
+              for split, ds in (("train", train_set), ("val", val_set))}
+    atomic_write_text(run_dir / "skipped.json", json.dumps(record, indent=2))
 
 
 def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_change: bool):
@@ -581,21 +442,25 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
         if train_dir != target:  # the failed replacement leaves nothing behind; the old run is untouched
             shutil.rmtree(train_dir, ignore_errors=True)
         raise
+    start_epoch, best, history = 0, -math.inf, []
     if resume:
-        resume_state(t, resume, state, changes)
+        start_epoch, best, history = resume_state(state, resume, changes, t.bare_model, t.optimizer, t.scheduler,
+                                                  t.scaler, cfg, t.distiller)
         if t.dist.is_main:
-            trim_records(t.run_dir, t.start_epoch)
+            trim_records(t.run_dir, start_epoch)
     elif t.dist.is_main:
         for stale in ("steps.csv", "epochs.jsonl", "metrics.json", "last.pth", "best.pth"):
             (t.run_dir / stale).unlink(missing_ok=True)  # a fresh run never mixes with an old one
     if t.dist.is_main:
-        _write_skipped(t)
+        _write_skipped(t.run_dir, t.train_set, t.val_set)
     recorder = Recorder(t.run_dir, enabled=t.dist.is_main)
     try:
-        end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, t.start_epoch + stop_after)
-        for epoch in range(t.start_epoch, end):
+        end = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, start_epoch + stop_after)
+        for epoch in range(start_epoch, end):
             seed_everything(epoch_seed(cfg.train.seed, epoch, t.dist.rank), cfg.train.deterministic)
-            means = train_one_epoch(t, epoch, recorder)
+            loader = make_loader(t.train_set, cfg, epoch, t.device, t.dist)  # after reseeding: same order on resume
+            means = train_one_epoch(t.model, loader, t.optimizer, t.scaler, cfg, t.device, epoch, recorder, t.dist,
+                                    t.teacher, t.distiller)
             t.scheduler.step()
             record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}
             last = epoch == cfg.train.epochs - 1
@@ -603,29 +468,30 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                 if t.dist.is_main:
                     metrics = evaluate(t.bare_model, t.val_set, cfg, t.device)
                     record["val"] = metrics
-                    if metrics["main"] > t.best:
-                        t.best = metrics["main"]
+                    if metrics["main"] > best:
+                        best = metrics["main"]
                         save_checkpoint(t.run_dir / "best.pth", t.bare_model, config=config_to_dict(cfg),
                                         epoch=epoch, metrics=_scalars(metrics))
                 barrier(t.dist)
             row = _scalars(record)
-            if changes and epoch == t.start_epoch:
+            if changes and epoch == start_epoch:
                 row["config_changes"] = changes  # accepted on resume: trained from here with the new values
-            t.history.append({"epoch": epoch, **row})
+            history.append({"epoch": epoch, **row})
             if t.dist.is_main:
                 recorder.epoch(epoch, row)
-                save_state(t, epoch, t.run_dir / "last.pth")
+                save_state(t.run_dir / "last.pth", epoch, t.bare_model, t.optimizer, t.scheduler, t.scaler, cfg,
+                           best, history, t.distiller)
                 summary = record.get("val", {}).get("main")
                 tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
                            + (f", val {summary:.3f}" if summary is not None else ""))
-        if t.dist.is_main and t.history and end == cfg.train.epochs:
-            final = dict(t.history[-1].get("val", {}))
+        if t.dist.is_main and history and end == cfg.train.epochs:
+            final = dict(history[-1].get("val", {}))
             accepted = [{"epoch": h["epoch"], "changes": h["config_changes"]}
-                        for h in t.history if h.get("config_changes")]
-            _write_skipped(t)
+                        for h in history if h.get("config_changes")]
+            _write_skipped(t.run_dir, t.train_set, t.val_set)
             write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model,
-                          extra={"best": t.best, "config_changes": accepted,
-                                 "last_epoch_train": t.history[-1].get("train", {}),
+                          extra={"best": best, "config_changes": accepted,
+                                 "last_epoch_train": history[-1].get("train", {}),
                                  "persons_skipped": {"train": len(t.train_set.skipped),
                                                      "val": len(t.val_set.skipped)}})
     finally:

@@ -5,6 +5,10 @@ factory of its backbone; :func:`build_pose_model` puts a SimCC head on it (SimCC
 ECCV 2022; used for teacher and student in CDKD, Gu et al., Sec. III-A). The paper's models are
 ``hrnet_w32`` (Tables I-II) and ``hrnet_w48`` (Table II), plus ``resnet50`` (Table IX); the others
 are small CPU variants for tests and tiny runs.
+
+Saving and loading pose models (checkpoint files with the official key names) is
+:mod:`cdkd.models.load`, which this package does not import: it sits above both this package and
+:mod:`cdkd.checkpoint`.
 """
 
 from __future__ import annotations

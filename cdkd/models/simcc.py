@@ -11,9 +11,12 @@ Classification Perspective for Human Pose Estimation" (ECCV 2022), the baseline 
 k is the splitting factor (``split_ratio``, SIMDR_SPLIT_RATIO). ``feature`` is what CDKD's SAPE
 aligns between student and teacher (F^s and F^t in Eq. 4-5), the logits are what CCA aligns (Eq. 6-7).
 
-Parameter names are those of SimCC's ``lib/models/pose_hrnet.py`` / ``pose_resnet.py``: the
-backbone's modules and ``final_layer``, ``mlp_head_x``, ``mlp_head_y`` all sit at the top level, so
-an official state dict loads into :class:`SimCCPoseModel` with ``strict=True``.
+The model registers its two parts as ``backbone`` and ``head``, so its own ``state_dict()`` keys
+read ``backbone.conv1.weight``, ``head.mlp_head_x.weight``. SimCC's ``lib/models/pose_hrnet.py`` /
+``pose_resnet.py`` put the backbone's modules and ``final_layer``, ``mlp_head_x``, ``mlp_head_y``
+all at the top level; :func:`to_official_keys` and :func:`from_official_keys` map a state dict
+between the two layouts (the idea of timm's ``checkpoint_filter_fn``), and the checkpoint files
+keep the official names.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class PoseOutput(NamedTuple):
     x: torch.Tensor
     y: torch.Tensor
     feature: torch.Tensor
+
+
+HEAD_MODULES = ("final_layer", "mlp_head_x", "mlp_head_y")  # SimCCHead's children, official names
 
 
 class SimCCHead(nn.Module):
@@ -91,14 +97,10 @@ class SimCCHead(nn.Module):
 
 
 class SimCCPoseModel(nn.Module):
-    """A backbone and a :class:`SimCCHead` under one flat parameter namespace.
+    """A backbone and a :class:`SimCCHead`, registered as the submodules ``backbone`` and ``head``.
 
-    The children of both parts are registered directly on this module (``conv1``, ...,
-    ``stage4``, ``final_layer``, ``mlp_head_x``, ``mlp_head_y``), so ``state_dict()`` and
-    ``named_parameters()`` use the official SimCC key names. The two parts themselves are kept as
-    plain attributes ``backbone`` and ``head`` (sharing those very modules) and run their own
-    forward code; they are not registered, so no parameter is listed twice. (Multi-GPU: use
-    DistributedDataParallel; ``nn.DataParallel`` replicas would still run the original parts.)
+    ``state_dict()`` keys carry the part's prefix (``backbone.stage4...``, ``head.final_layer...``);
+    files use the official flat names, mapped by :func:`to_official_keys` / :func:`from_official_keys`.
 
     Attributes:
         arch, num_joints, input_size (H, W), split_ratio: what :meth:`settings` returns.
@@ -115,16 +117,11 @@ class SimCCPoseModel(nn.Module):
         split_ratio: float,
     ):
         super().__init__()
-        for part_name, part in (("backbone", backbone), ("head", head)):
-            own = list(part.named_parameters(recurse=False)) + list(part.named_buffers(recurse=False))
-            if own:
-                raise ValueError(f"the {part_name} holds tensors outside submodules ({own[0][0]}); cannot flatten it")
-            for name, child in part.named_children():
-                if name in self._modules:
-                    raise ValueError(f"module name '{name}' is used by both backbone and head")
-                self.add_module(name, child)
-        self.__dict__["backbone"] = backbone  # not registered: its modules are above
-        self.__dict__["head"] = head
+        clash = {name for name, _ in backbone.named_children()} & set(HEAD_MODULES)
+        if clash:
+            raise ValueError(f"backbone module name(s) {sorted(clash)} are the head's; official keys would be ambiguous")
+        self.backbone = backbone
+        self.head = head
         self.arch = arch
         self.num_joints = int(num_joints)
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -138,13 +135,6 @@ class SimCCPoseModel(nn.Module):
             "input_size": list(self.input_size),
             "split_ratio": self.split_ratio,
         }
-
-    def train(self, mode: bool = True) -> SimCCPoseModel:
-        """Set train/eval mode here, on all modules, and on the two unregistered parts."""
-        super().train(mode)
-        self.backbone.training = mode
-        self.head.training = mode
-        return self
 
     def forward(self, images: torch.Tensor) -> PoseOutput:
         """Args: images: ``[B, 3, H, W]`` at exactly ``input_size``.
@@ -161,3 +151,28 @@ class SimCCPoseModel(nn.Module):
     def extra_repr(self) -> str:
         h, w = self.input_size
         return f"arch={self.arch}, num_joints={self.num_joints}, input_size=({h}, {w}), split_ratio={self.split_ratio}"
+
+
+def to_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A :class:`SimCCPoseModel` state dict with the official SimCC key names.
+
+    ``backbone.stage4.0...`` -> ``stage4.0...``, ``head.mlp_head_x.weight`` -> ``mlp_head_x.weight``;
+    keys without either prefix are kept. Order is kept; the tensors are the same objects.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        part, _, rest = key.partition(".")
+        out[rest if part in ("backbone", "head") and rest else key] = value
+    return out
+
+
+def from_official_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An official SimCC state dict (flat names) with :class:`SimCCPoseModel`'s key names.
+
+    ``final_layer.*``, ``mlp_head_x.*``, ``mlp_head_y.*`` go under ``head.``, every other key under
+    ``backbone.``. The inverse of :func:`to_official_keys`.
+    """
+    return {
+        (f"head.{key}" if key.partition(".")[0] in HEAD_MODULES else f"backbone.{key}"): value
+        for key, value in state_dict.items()
+    }
