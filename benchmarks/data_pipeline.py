@@ -5,7 +5,7 @@ warps it twice with the same augmentation: to the student size (32 or 64) and to
 size (256; 128 in the demo). This script measures ``TopDownDataset.__getitem__`` (decode, HRNet
 augmentation, two ``cv2.warpAffine`` crops, normalisation, SimCC targets) in the main process,
 i.e. what one DataLoader worker delivers, on a small synthetic COCO-style set of JPEGs written by
-``cdkd.data.synthesize`` into a temporary folder. A training run needs
+``cdkd.data.synthetic.synthesize`` into a temporary folder. A training run needs
 ``workers * samples/s >= batch / step time`` (see ``train_step.json``) to keep the model busy.
 
     python benchmarks/data_pipeline.py [--quick]

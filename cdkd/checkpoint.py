@@ -255,7 +255,7 @@ def load_pretrained_backbone(backbone: nn.Module, source: str | Path | dict) -> 
     lower resolutions); torchvision ResNet files add ``fc``. Those come back as ``unexpected``.
 
     Args:
-        backbone: the backbone module (e.g. ``hrnet_w32()``), without the SimCC head.
+        backbone: the backbone module (e.g. ``cdkd.models.ARCHS["hrnet_w32"]()``), without the SimCC head.
         source: a file path, or an already loaded dict.
     Returns:
         ``{'source', 'loaded', 'missing', 'unexpected', 'mismatched'}``: key lists (missing

@@ -190,7 +190,8 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
                 f"- {res}x{res}, {label} {_word(st['ci95'])} the baseline: {column} difference "
                 f"{st['mean']:+.2f} (95% CI [{lo:+.2f}, {hi:+.2f}], {st['n']} paired seeds, "
                 f"{d['wins']} ahead / {d['losses']} behind; paired t-test p = {st['t_p']:.3g}, "
-                f"Wilcoxon signed-rank p = {st['wilcoxon_p']:.3g})."
+                f"Wilcoxon signed-rank p = {st['wilcoxon_p']:.3g}). Power: the interval's half-width, "
+                f"{(hi - lo) / 2:.2f}, is the smallest mean difference these seeds can tell from zero."
             )
     return out
 

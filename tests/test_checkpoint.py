@@ -13,10 +13,9 @@ import torch
 import torchvision
 
 from cdkd.checkpoint import CheckpointError, load_checkpoint, load_pretrained_backbone
-from cdkd.models import build_pose_model
+from cdkd.models import ARCHS, build_pose_model
 from cdkd.models.load import load_model, load_weights, save_checkpoint
 from cdkd.models.simcc import from_official_keys, to_official_keys
-from cdkd.models.hrnet import hrnet_w8_tiny
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,7 +233,7 @@ def test_imagenet_hrnet_loader_reports_classification_keys(tmp_path):
     path = tmp_path / "hrnet_tiny_imagenet.pth"
     torch.save(weights, path)
 
-    backbone = hrnet_w8_tiny()
+    backbone = ARCHS["hrnet_w8_tiny"]()
     report = load_pretrained_backbone(backbone, path)
     assert report["mismatched"] == ["conv2.weight"]
     assert report["missing"] == []  # conv2.weight is in the file, listed as mismatched
@@ -262,7 +261,7 @@ def test_imagenet_hrnet_loader_reports_classification_keys(tmp_path):
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"classifier.weight": torch.zeros(3, 3)}, unrelated)
     with pytest.raises(CheckpointError, match="unrelated.pth.*none of its 1 keys"):
-        load_pretrained_backbone(hrnet_w8_tiny(), unrelated)
+        load_pretrained_backbone(ARCHS["hrnet_w8_tiny"](), unrelated)
 
 
 def test_imagenet_resnet_file_loads_into_pose_resnet(tmp_path):

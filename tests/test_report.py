@@ -52,6 +52,7 @@ def test_paired_difference_and_verdict(results):
     line = next(line for line in lines if "CDKD (paper)" in line)
     assert "did not differ significantly from the baseline: Mean difference +1.67" in line
     assert "95% CI [-4.58, +7.92]" in line and "paired t-test" in line and "Wilcoxon" in line
+    assert "half-width, 6.25, is the smallest mean difference" in line
 
 
 def test_verdict_says_beat_only_when_the_interval_excludes_zero(tmp_path):

@@ -12,8 +12,10 @@ The skeletons (joint names, flip pairs, limbs) are :mod:`cdkd.joints`. The piece
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -94,14 +96,18 @@ def plain_numbers(values, name: str, count: int | None = None) -> tuple[np.ndarr
     return array, None
 
 
-def __getattr__(name: str):
-    """``cdkd.data.build_dataset`` / ``TopDownDataset`` without importing torch at package import."""
-    if name in ("build_dataset", "TopDownDataset"):
-        from cdkd.data import topdown
-
-        return getattr(topdown, name)
-    if name in ("synthesize", "ensure_synthetic"):
-        from cdkd.data import synthetic
-
-        return getattr(synthetic, name)
-    raise AttributeError(f"module 'cdkd.data' has no attribute {name!r}")
+def read_json_list(path: str | Path, what: str, config_key: str | None = None) -> list:
+    """The JSON list in ``path`` (an annotation or detection file), or a :class:`DataError` naming the
+    file (and the config key that points at it) when it is missing, unreadable or not a list."""
+    path = Path(path)
+    where = f" (config key '{config_key}')" if config_key else ""
+    if not path.is_file():
+        raise DataError(f"{what} not found: {path}{where}")
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from None
+    if not isinstance(value, list):
+        raise DataError(f"{what} {path} must hold a JSON list")
+    return value

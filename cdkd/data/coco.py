@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pycocotools.coco import COCO
 
-from cdkd.data import DataError, PersonRecord, ProblemLog, plain_numbers
+from cdkd.data import DataError, PersonRecord, ProblemLog, plain_numbers, read_json_list
 from cdkd.data.transforms import box_to_center_scale
 from cdkd.joints import COCO_META
 
@@ -251,15 +250,7 @@ def load_coco_det(
         :class:`CocoLoad`; ``ann_id`` of a record is the detection's index in the file.
     """
     det_file = Path(det_file)
-    if not det_file.is_file():
-        raise DataError(f"detection file not found: {det_file} (config key 'data.det_file')")
-    try:
-        with open(det_file) as f:
-            detections = json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read detection file {det_file}: {err}") from None
-    if not isinstance(detections, list):
-        raise DataError(f"detection file {det_file} must hold a JSON list of detections")
+    detections = read_json_list(det_file, "detection file", "data.det_file")
     problems = ProblemLog(on_bad)
     filtered = {"not_person": 0, "below_score": 0}
     num_joints = COCO_META.num_joints

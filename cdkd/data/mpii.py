@@ -15,13 +15,12 @@ PCKh ground truth lives in ``annot/gt_valid.mat`` (``jnt_missing`` [16, N], ``po
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cdkd.data import DataError, PersonRecord, ProblemLog, plain_numbers
+from cdkd.data import PersonRecord, ProblemLog, plain_numbers, read_json_list
 from cdkd.joints import MPII_META
 
 
@@ -58,15 +57,7 @@ def load_mpii_json(json_file: str | Path, image_dir: str | Path, on_bad: str = "
         the distinct image names in order of first appearance.
     """
     json_file = Path(json_file)
-    if not json_file.is_file():
-        raise DataError(f"MPII annotation file not found: {json_file}")
-    try:
-        with open(json_file) as f:
-            entries = json.load(f)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read MPII annotation file {json_file}: {err}") from None
-    if not isinstance(entries, list):
-        raise DataError(f"MPII annotation file {json_file} must hold a JSON list")
+    entries = read_json_list(json_file, "MPII annotation file")
     num_joints = MPII_META.num_joints
     problems = ProblemLog(on_bad)
     image_ids: dict[str, int] = {}

@@ -7,12 +7,15 @@ Only rank 0 creates a Recorder with files; other ranks get one with ``enabled=Fa
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cdkd.engine.run import atomic_write_text
 
 
 class Recorder:
@@ -61,8 +64,6 @@ class Recorder:
         if not self.enabled:
             return
         # rewritten whole through a temporary file: a kill leaves the old or the new file, never half a line
-        from cdkd.engine.run import atomic_write_text
-
         path = self.run_dir / "epochs.jsonl"
         before = path.read_text() if path.exists() else ""
         atomic_write_text(path, before + json.dumps({"epoch": epoch, **values}) + "\n")
@@ -131,3 +132,37 @@ def read_epochs(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}, line {line}: {err}") from None
     return rows
+
+
+def trim_records(run_dir: Path, start_epoch: int) -> None:
+    """Drop the log rows of epochs at or after ``start_epoch``: a run killed mid-epoch logged part of
+    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``.
+    A line cut short by a kill is dropped too; both files are replaced atomically."""
+    steps = run_dir / "steps.csv"
+    if steps.exists():
+        with open(steps, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            col = rows[0].index("epoch")
+            kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _number(r[col]) < start_epoch]
+            text = io.StringIO()
+            csv.writer(text).writerows(kept)
+            atomic_write_text(steps, text.getvalue())
+    epochs = run_dir / "epochs.jsonl"
+    if epochs.exists():
+        lines = [ln for ln in epochs.read_text().splitlines() if _epoch_of(ln) < start_epoch]
+        atomic_write_text(epochs, "".join(ln + "\n" for ln in lines))
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return float(json.loads(line)["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf

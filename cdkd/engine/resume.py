@@ -9,9 +9,6 @@ reseeding that makes a resumed run equal a straight one is :func:`cdkd.engine.ru
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -21,7 +18,7 @@ from torch import nn
 
 from cdkd.checkpoint import CheckpointError, load_checkpoint
 from cdkd.config import Config, ConfigError, config_to_dict
-from cdkd.engine.run import atomic_write_text, config_changes, describe_changes
+from cdkd.engine.run import config_changes, describe_changes
 from cdkd.models.load import load_weights, save_checkpoint
 
 # config keys whose change alters the model itself: never accepted on resume
@@ -159,37 +156,3 @@ def resume_state(
     apply_config_changes(cfg, optimizer, scheduler, changes)
     torch.set_rng_state(state["rng"]["torch"])
     return int(state["epoch"]) + 1, float(state.get("best", -math.inf)), list(state.get("history", []))
-
-
-def trim_records(run_dir: Path, start_epoch: int) -> None:
-    """Drop the log rows of epochs at or after ``start_epoch``: a run killed mid-epoch logged part of
-    an epoch that resume trains again, and each epoch must appear once in ``steps.csv``/``epochs.jsonl``.
-    A line cut short by a kill is dropped too; both files are replaced atomically."""
-    steps = run_dir / "steps.csv"
-    if steps.exists():
-        with open(steps, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows:
-            col = rows[0].index("epoch")
-            kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and _number(r[col]) < start_epoch]
-            text = io.StringIO()
-            csv.writer(text).writerows(kept)
-            atomic_write_text(steps, text.getvalue())
-    epochs = run_dir / "epochs.jsonl"
-    if epochs.exists():
-        lines = [ln for ln in epochs.read_text().splitlines() if _epoch_of(ln) < start_epoch]
-        atomic_write_text(epochs, "".join(ln + "\n" for ln in lines))
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.inf
-
-
-def _epoch_of(line: str) -> float:
-    try:
-        return float(json.loads(line)["epoch"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf

@@ -38,8 +38,8 @@ from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
-from cdkd.engine.recorder import Recorder
-from cdkd.engine.resume import check_resume, resume_state, save_state, trim_records
+from cdkd.engine.recorder import Recorder, trim_records
+from cdkd.engine.resume import check_resume, resume_state, save_state
 from cdkd.engine.run import atomic_write_text, epoch_seed, run_files, seed_everything, setup_run
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model

@@ -14,23 +14,19 @@ Saving and loading pose models (checkpoint files with the official key names) is
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from torch import nn
 
 from cdkd.checkpoint import load_pretrained_backbone
-from cdkd.models.hrnet import hrnet_w8_tiny, hrnet_w16_small, hrnet_w32, hrnet_w48
-from cdkd.models.resnet import resnet18, resnet34, resnet50
+from cdkd.models.hrnet import HRNET_VARIANTS, HighResolutionNet
+from cdkd.models.resnet import RESNET_VARIANTS, PoseResNet
 from cdkd.models.simcc import PoseOutput, SimCCHead, SimCCPoseModel, num_bins
 
 ARCHS: dict[str, Callable[[], nn.Module]] = {
-    "hrnet_w32": hrnet_w32,
-    "hrnet_w48": hrnet_w48,
-    "hrnet_w16_small": hrnet_w16_small,
-    "hrnet_w8_tiny": hrnet_w8_tiny,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
+    **{name: partial(HighResolutionNet, settings) for name, settings in HRNET_VARIANTS.items()},
+    **{name: partial(PoseResNet, settings) for name, settings in RESNET_VARIANTS.items()},
 }
 
 __all__ = ["ARCHS", "PoseOutput", "SimCCHead", "SimCCPoseModel", "build_pose_model", "num_bins"]

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cdkd.models.init import init_official
+
 BN_MOMENTUM = 0.1  # the official value (equal to PyTorch's default)
 
 
@@ -101,7 +103,8 @@ def _official(width: int) -> HRNetSettings:
 
 
 HRNET_VARIANTS: dict[str, HRNetSettings] = {
-    # The paper's backbones (official w32_256x256 / w48_256x192 configs).
+    # The paper's backbones (official w32_256x256 / w48_256x192 configs): HRNet-W32 (28.5M parameters
+    # with the SimCC head, the main backbone) and HRNet-W48 (63.6M, COCO 64x64 of Table II).
     "hrnet_w32": _official(32),
     "hrnet_w48": _official(48),
     # Small CPU variants (ours; not in the paper). hrnet_w16_small follows the layout of the
@@ -348,7 +351,7 @@ class HighResolutionNet(nn.Module):
             setattr(self, f"stage{index}", nn.Sequential(*modules))
             channels = stage.num_channels
         self.out_channels = settings.stage4.num_channels[0]
-        self._init_weights()
+        init_official(self)
 
     @staticmethod
     def _layer1(inplanes: int, planes: int, blocks: int) -> nn.Sequential:
@@ -357,17 +360,6 @@ class HighResolutionNet(nn.Module):
         layers = [Bottleneck(inplanes, planes, 1, downsample)]
         layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
-
-    def _init_weights(self) -> None:
-        """Official initialisation: convs N(0, 0.001) with zero bias, BN weight 1 and bias 0."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
 
     @staticmethod
     def _enter_stage(transition: nn.ModuleList, ys: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -390,35 +382,3 @@ class HighResolutionNet(nn.Module):
         ys = self.stage3(self._enter_stage(self.transition2, ys))  # 3 branches
         ys = self.stage4(self._enter_stage(self.transition3, ys))  # [[B, C, H/4, W/4]]
         return ys[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Builder and factories
-# --------------------------------------------------------------------------------------------
-
-
-def _create_hrnet(variant: str) -> HighResolutionNet:
-    """Build the HRNet variant named ``variant`` (a key of :data:`HRNET_VARIANTS`)."""
-    if variant not in HRNET_VARIANTS:
-        raise ValueError(f"unknown HRNet variant '{variant}'; variants: {', '.join(HRNET_VARIANTS)}")
-    return HighResolutionNet(HRNET_VARIANTS[variant])
-
-
-def hrnet_w32() -> HighResolutionNet:
-    """HRNet-W32 (28.5M parameters with the SimCC head), the paper's main backbone."""
-    return _create_hrnet("hrnet_w32")
-
-
-def hrnet_w48() -> HighResolutionNet:
-    """HRNet-W48 (63.6M parameters with the SimCC head), the COCO 64x64 backbone of Table II."""
-    return _create_hrnet("hrnet_w48")
-
-
-def hrnet_w16_small() -> HighResolutionNet:
-    """Small CPU variant (HRNet-W18-Small-v1 layout at width 16); not in the paper."""
-    return _create_hrnet("hrnet_w16_small")
-
-
-def hrnet_w8_tiny() -> HighResolutionNet:
-    """Tiny CPU variant (width 8, one block per branch) for tests and tiny runs; not in the paper."""
-    return _create_hrnet("hrnet_w8_tiny")

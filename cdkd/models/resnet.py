@@ -21,6 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
+from cdkd.models.init import init_official
+
 BN_MOMENTUM = 0.1
 
 
@@ -40,6 +42,8 @@ class ResNetSettings:
 
 
 RESNET_VARIANTS: dict[str, ResNetSettings] = {
+    # ResNet + 3 deconvolutions (SimpleBaseline). resnet50 is the SimCC student of Table IX and SimBase
+    # of Table I; resnet18/34 are CPU sizes, not in the paper.
     "resnet18": ResNetSettings(depth=18),
     "resnet34": ResNetSettings(depth=34),
     "resnet50": ResNetSettings(depth=50),
@@ -93,18 +97,7 @@ class PoseResNet(nn.Module):
             in_channels = channels
         self.deconv_layers = nn.Sequential(*layers)
         self.out_channels = in_channels
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Official from-scratch initialisation: (de)convs N(0, 0.001), BN weight 1 and bias 0."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_official(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: images ``[B, 3, H, W]`` (H, W multiples of 32).
@@ -112,25 +105,3 @@ class PoseResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # [B, 64, H/4, W/4]
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # [B, 512|2048, H/32, W/32]
         return self.deconv_layers(x)  # [B, 256, H/4, W/4]
-
-
-def _create_resnet(variant: str) -> PoseResNet:
-    """Build the pose ResNet named ``variant`` (a key of :data:`RESNET_VARIANTS`)."""
-    if variant not in RESNET_VARIANTS:
-        raise ValueError(f"unknown ResNet variant '{variant}'; variants: {', '.join(RESNET_VARIANTS)}")
-    return PoseResNet(RESNET_VARIANTS[variant])
-
-
-def resnet18() -> PoseResNet:
-    """ResNet-18 + 3 deconvolutions (a CPU-sized SimpleBaseline; not in the paper)."""
-    return _create_resnet("resnet18")
-
-
-def resnet34() -> PoseResNet:
-    """ResNet-34 + 3 deconvolutions (not in the paper)."""
-    return _create_resnet("resnet34")
-
-
-def resnet50() -> PoseResNet:
-    """ResNet-50 + 3 deconvolutions: the SimCC student of CDKD Table IX and SimBase of Table I."""
-    return _create_resnet("resnet50")
