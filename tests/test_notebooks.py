@@ -29,7 +29,7 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results"
     code = cli(["--preset", "tiny", "--seeds", "0", "--out", str(out), "--data-root", str(tmp_path / "data"),
-                "--n-train", "30", "--n-val", "20", "--ablations"])
+                "--n-train", "30", "--n-val", "20", "--ablations", "--shares", "0,0.15,0.45"])
     assert code == 0
     executed = {p.name for p in out.glob("*.ipynb")}
     assert {"01_data.ipynb", "02_teacher.ipynb", "03_distill_r32_s0.ipynb", "03_distill_r64_s0.ipynb",
@@ -46,7 +46,7 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     ablations = (out / "ablations.md").read_text()
     assert "| necm |" in ablations and "| conv-feature |" in ablations
     sweep = (out / "share_sweep.md").read_text().splitlines()
-    assert len(sweep) == 2 + 5  # header + the 5 default shares (0 is the seed's baseline run)
+    assert len(sweep) == 2 + 3  # header + the 3 requested shares (0 is the seed's baseline run)
     assert (out / "figures" / "06_share_sweep.png").stat().st_size > 5000
     timing = json.loads((out / "timing.json").read_text())
     assert len(timing["steps"]) == len(executed)
