@@ -107,19 +107,83 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     return steps
 
 
+def _commit(git: dict | None) -> str:
+    git = git or {}
+    if not git.get("commit"):
+        return "an unknown commit"
+    return git["commit"][:7] + (" with uncommitted changes" if git.get("dirty") else "")
+
+
+class Timing:
+    """``timing.json``: every call of ``reproduce`` on one output folder, written after each notebook.
+
+    A resumed or extended study (finished runs are reused) is made by several calls; the file keeps
+    each call's command, commit, notebook times and whether it finished, so that the time a study
+    took is the sum over its calls, not the last call's (which may only have re-read finished runs).
+    A call that was interrupted keeps the notebooks it finished, marked ``finished: false``.
+    """
+
+    def __init__(self, path: Path, command: str, machine: dict):
+        self.path = path
+        calls = []
+        if path.exists():
+            try:
+                calls = list(json.loads(path.read_text()).get("calls", []))
+            except (json.JSONDecodeError, AttributeError) as e:
+                raise SystemExit(f"{path}: unreadable timing record ({e}); move it away to start a new one") from e
+        self.machine = machine
+        self.call = {"command": command, "commit": machine["git"], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "finished": False, "seconds": 0.0, "steps": []}
+        self.calls = [*calls, self.call]
+        self.write()
+
+    def add(self, notebook: str, seconds: float) -> None:
+        self.call["steps"].append({"notebook": notebook, "seconds": round(seconds, 1)})
+        self.call["seconds"] = round(sum(s["seconds"] for s in self.call["steps"]), 1)
+        self.write()
+
+    def finish(self, seconds: float) -> None:
+        self.call["seconds"], self.call["finished"] = round(seconds, 1), True
+        self.write()
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(c["seconds"] for c in self.calls), 1)
+
+    def write(self) -> None:
+        record = {"command": self.call["command"], "total_seconds": self.total_seconds, "calls": self.calls,
+                  "steps": self.call["steps"], "machine": self.machine}
+        self.path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def summary_text(self) -> str:
+        m = self.machine
+        where = (f"{m['cpu_count']} CPU cores ({m['processor']}, torch threads {m['torch_threads']}, "
+                 f"GPU: {m['cuda'] or 'none'})")
+        if len(self.calls) == 1:
+            return (f"\n## Run time\n\n{self.total_seconds / 60:.1f} minutes in one call at {_commit(self.call['commit'])} "
+                    f"on {where}; per notebook in `timing.json`.\n")
+        lines = [f"\n## Run time\n\n{self.total_seconds / 60:.1f} minutes over {len(self.calls)} calls on this output "
+                 f"folder (finished runs are reused between calls), the last on {where}; per notebook in `timing.json`:\n"]
+        for i, c in enumerate(self.calls, start=1):
+            state = "" if c["finished"] else ", interrupted"
+            lines.append(f"{i}. `{c['command']}` at {_commit(c['commit'])}: {c['seconds'] / 60:.1f} min"
+                         f" ({len(c['steps'])} notebooks{state})")
+        return "\n".join(lines) + "\n"
+
+
 def cli(argv: list[str], command: str = "reproduce") -> int:
     p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(7)),
-                   help="student seeds; every arm trains each seed (paired) (default: 0-6)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(range(6)),
+                   help="student seeds; every arm trains each seed (paired) (default: 0-5)")
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
     p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
                    help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
     p.add_argument("--n-train", type=int, default=1000,
-                   help="synthetic training persons (default: 1000, so that 4 arms x 2 resolutions x 7 seeds fit "
+                   help="synthetic training persons (default: 1000, so that 4 arms x 2 resolutions x 6 seeds fit "
                         "45 minutes on a 2-core CPU; the notebooks' own default is 4000)")
     p.add_argument("--n-val", type=int, default=1000, help="synthetic validation persons (default: 1000)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -139,23 +203,19 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     args.note = (f"Made by `python -m cdkd reproduce --preset {args.preset}` "
                  f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()}, {os.cpu_count()} CPU cores.")
     steps = plan(args)
-    timings = []
+    from cdkd.engine.run import environment_info
+
+    timing = Timing(out / "timing.json", f"python -m cdkd reproduce {' '.join(argv)}".strip(), environment_info())
     start = time.perf_counter()
     for i, (notebook, name, params) in enumerate(steps, start=1):
         elapsed = time.perf_counter() - start
         print(f"[{i}/{len(steps)}] {name} (after {elapsed / 60:.1f} min) {json.dumps(params)}", flush=True)
         seconds = execute(notebook, out / name, params, cwd)
-        timings.append({"notebook": name, "seconds": round(seconds, 1)})
+        timing.add(name, seconds)
         print(f"[{i}/{len(steps)}] {name} done in {seconds / 60:.1f} min; {len(steps) - i} notebooks left", flush=True)
     total = time.perf_counter() - start
-    from cdkd.engine.run import environment_info
-
-    record = {"command": f"python -m cdkd reproduce {' '.join(argv)}".strip(), "total_seconds": round(total, 1),
-              "steps": timings, "machine": environment_info()}
-    (out / "timing.json").write_text(json.dumps(record, indent=2))
+    timing.finish(total)
     with open(out / "summary.md", "a") as f:
-        f.write(f"\n## Run time\n\n{total / 60:.1f} minutes in all on {record['machine']['cpu_count']} CPU cores "
-                f"({record['machine']['processor']}, torch threads {record['machine']['torch_threads']}, "
-                f"GPU: {record['machine']['cuda'] or 'none'}); per notebook in `timing.json`.\n")
+        f.write(timing.summary_text())
     print(f"done in {total / 60:.1f} min: {out / 'summary.md'}")
     return 0

@@ -109,8 +109,10 @@ def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path
     assert da.keys() == db.keys()
     for key in da:
         assert torch.equal(da[key], db[key]), key
-    epochs = [json.loads(line)["epoch"] for line in (part / "epochs.jsonl").read_text().splitlines()]
-    assert epochs == [0, 1]
+    rows = [json.loads(line) for line in (part / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    # each epoch records the rate it trained at (the drop at lr_steps=[1] is epoch 1's, not epoch 0's)
+    assert [r["lr"] for r in rows] == pytest.approx([cfg.train.lr, cfg.train.lr * cfg.train.lr_factor])
 
 
 def _model_from(state):

@@ -405,3 +405,28 @@ def test_oks_nms_memory_is_linear_in_persons():
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def test_reproduce_timing_adds_up_every_call_including_an_interrupted_one(tmp_path):
+    """A study made by several calls (finished runs reused) reports the sum of its calls, not the last one."""
+    from cdkd.reproduce import Timing
+
+    machine = {"git": {"commit": "a" * 40, "dirty": False}, "cpu_count": 2, "processor": "x86_64",
+               "torch_threads": 2, "cuda": None}
+    path = tmp_path / "timing.json"
+    first = Timing(path, "python -m cdkd reproduce", machine)
+    first.add("01_data.ipynb", 60.0)
+    first.add("02_teacher.ipynb", 120.0)  # then interrupted: no finish()
+    assert json.loads(path.read_text())["calls"][0]["finished"] is False
+    second = Timing(path, "python -m cdkd reproduce --seeds 7", {**machine, "git": {"commit": "b" * 40, "dirty": True}})
+    second.add("01_data.ipynb", 6.0)
+    second.finish(30.0)
+    record = json.loads(path.read_text())
+    assert [c["finished"] for c in record["calls"]] == [False, True]
+    assert record["total_seconds"] == pytest.approx(180.0 + 30.0)
+    assert record["steps"] == [{"notebook": "01_data.ipynb", "seconds": 6.0}]
+    text = second.summary_text()
+    assert "3.5 minutes over 2 calls" in text and "interrupted" in text and "bbbbbbb with uncommitted" in text
+    path.write_text("{not json")
+    with pytest.raises(SystemExit, match="timing.json"):
+        Timing(path, "python -m cdkd reproduce", machine)

@@ -461,8 +461,8 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
             loader = make_loader(t.train_set, cfg, epoch, t.device, t.dist)  # after reseeding: same order on resume
             means = train_one_epoch(t.model, loader, t.optimizer, t.scaler, cfg, t.device, epoch, recorder, t.dist,
                                     t.teacher, t.distiller)
+            record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}  # the rate this epoch trained at
             t.scheduler.step()
-            record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}
             last = epoch == cfg.train.epochs - 1
             if (epoch + 1) % max(1, cfg.train.val_every) == 0 or last:
                 if t.dist.is_main:
