@@ -430,3 +430,26 @@ def test_reproduce_timing_adds_up_every_call_including_an_interrupted_one(tmp_pa
     path.write_text("{not json")
     with pytest.raises(SystemExit, match="timing.json"):
         Timing(path, "python -m cdkd reproduce", machine)
+
+
+def test_git_state_is_dirty_for_code_changes_not_for_replaced_results(tmp_path):
+    """A fresh reproduction deletes the committed results first; that alone must not mark the code dirty."""
+    import subprocess
+
+    from cdkd.engine.run import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "cdkd").mkdir()
+    (tmp_path / "cdkd" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "demo").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / "summary.md").write_text("old\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    assert git_state(tmp_path)["dirty"] is False
+    shutil.rmtree(tmp_path / "results" / "demo")
+    assert git_state(tmp_path)["dirty"] is False
+    (tmp_path / "cdkd" / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path)["dirty"] is True

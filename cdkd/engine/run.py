@@ -48,8 +48,16 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return seed * 100_003 + epoch + 7_919 * rank
 
 
+OUTPUT_FOLDERS = ("results", "data", "runs")
+
+
 def git_state(path: Path | None = None) -> dict:
-    """Commit and dirtiness of the repository holding the package (or ``path``)."""
+    """Commit and dirtiness of the repository holding the package (or ``path``).
+
+    ``dirty`` says whether tracked files other than outputs changed: the committed results, data and
+    run folders (``OUTPUT_FOLDERS``) are what a run writes or replaces (``rm -rf results/demo`` before
+    a fresh reproduction), not the code that produced them.
+    """
     where = str(path or Path(__file__).resolve().parents[2])
 
     def git(*args: str) -> str:
@@ -59,7 +67,8 @@ def git_state(path: Path | None = None) -> dict:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                         *(f":(top,exclude){folder}" for folder in OUTPUT_FOLDERS)))
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit or None, "dirty": dirty if commit else None}
