@@ -153,7 +153,9 @@ class Timing:
     def write(self) -> None:
         record = {"command": self.call["command"], "total_seconds": self.total_seconds, "calls": self.calls,
                   "steps": self.call["steps"], "machine": self.machine}
-        self.path.write_text(json.dumps(record, indent=2) + "\n")
+        from cdkd.engine.run import atomic_write_text  # torch loads with it: not at ``--help``
+
+        atomic_write_text(self.path, json.dumps(record, indent=2) + "\n")  # rewritten per notebook: never half a file
 
     def summary_text(self) -> str:
         m = self.machine
