@@ -31,18 +31,19 @@ Prediction records (:mod:`cdkd.viz.predictions`, :mod:`cdkd.explorer`) map a res
 
 from cdkd.viz._style import (CENTER_COLOR, GT_COLOR, LEFT_COLOR, PRED_COLOR, RIGHT_COLOR, STUDENT_COLOR,
                              TEACHER_COLOR, NotebookFigure, finish_figure, joint_index, joint_names, note_axis,
-                             skeleton_for)
+                             png_description, skeleton_for, stated_text)
 from cdkd.viz.data import as_rgb, denormalize, draw_keypoints, plot_paired_crops
 from cdkd.viz.predictions import people_on_image, plot_image_predictions, plot_predictions, plot_resolution_grid
 from cdkd.viz.simcc import mass_window, plot_simcc_distributions, simcc_probabilities
 from cdkd.viz.study import plot_metric_bars, plot_share_sweep
-from cdkd.viz.training import CURVE_TITLES, plot_sau_weights, plot_temperature, plot_training_curves, sau_columns
+from cdkd.viz.training import (CURVE_TITLES, CURVE_UNITS, plot_sau_weights, plot_temperature, plot_training_curves,
+                               sau_columns, tau_bounds)
 
 __all__ = [
-    "CENTER_COLOR", "CURVE_TITLES", "GT_COLOR", "LEFT_COLOR", "PRED_COLOR", "RIGHT_COLOR", "STUDENT_COLOR",
+    "CENTER_COLOR", "CURVE_TITLES", "CURVE_UNITS", "GT_COLOR", "LEFT_COLOR", "PRED_COLOR", "RIGHT_COLOR", "STUDENT_COLOR",
     "TEACHER_COLOR", "NotebookFigure", "as_rgb", "denormalize", "draw_keypoints", "finish_figure", "joint_index",
     "joint_names", "mass_window", "note_axis", "people_on_image", "plot_image_predictions", "plot_metric_bars",
     "plot_paired_crops", "plot_predictions", "plot_resolution_grid", "plot_sau_weights", "plot_share_sweep",
-    "plot_simcc_distributions", "plot_temperature", "plot_training_curves", "sau_columns", "simcc_probabilities",
-    "skeleton_for",
+    "plot_simcc_distributions", "plot_temperature", "plot_training_curves", "png_description", "sau_columns",
+    "simcc_probabilities", "skeleton_for", "stated_text", "tau_bounds",
 ]

@@ -34,10 +34,56 @@ class NotebookFigure(Figure):
     inline backend registered a formatter for it; ``_repr_png_`` makes the image the default.
     """
 
+    #: the values the figure was drawn with, as shown in it ({'tau': '1.26', ...}); written into the
+    #: PNG as its ``Description`` text, so a reader of the image (a browser check) can compare them
+    stated: dict[str, str]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stated = {}
+
+    def png_metadata(self) -> dict[str, str]:
+        """PNG text chunks: ``Description`` = the stated values as ``key=value; ...``."""
+        return {"Description": stated_text(self.stated)} if self.stated else {}
+
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata=self.png_metadata())
         return buffer.getvalue()
+
+
+def stated_text(stated: dict[str, str]) -> str:
+    """``{'sample': '1', 'tau': '1.26'}`` -> ``'sample=1; tau=1.26'`` (the PNG ``Description``)."""
+    return "; ".join(f"{key}={value}" for key, value in stated.items())
+
+
+def png_description(png: bytes) -> dict[str, str]:
+    """The stated values a PNG of :class:`NotebookFigure` carries (its ``Description`` tEXt chunk).
+
+    Args:
+        png: the PNG file's bytes.
+
+    Returns:
+        {key: value}; empty when the PNG has no ``Description``.
+    """
+    import struct
+    import zlib
+
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("png_description: not a PNG file")
+    pos, text = 8, ""
+    while pos + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        chunk = png[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"tEXt" and chunk.startswith(b"Description\0"):
+            text = chunk.split(b"\0", 1)[1].decode("latin-1")
+        elif kind == b"iTXt" and chunk.startswith(b"Description\0"):
+            _, rest = chunk.split(b"\0", 1)
+            compressed, rest = rest[0], rest[2:]
+            rest = rest.split(b"\0", 2)[2]  # language tag, translated keyword
+            text = (zlib.decompress(rest) if compressed else rest).decode("utf-8")
+    return dict(part.split("=", 1) for part in text.split("; ") if "=" in part)
 
 
 def _numpy(x: Any, name: str) -> np.ndarray:
@@ -57,7 +103,8 @@ def finish_figure(fig: Figure, save: str | Path | None, dpi: int = 120) -> Figur
     if save is not None:
         path = Path(save)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        extra = {"metadata": fig.png_metadata()} if isinstance(fig, NotebookFigure) and path.suffix == ".png" else {}
+        fig.savefig(path, dpi=dpi, bbox_inches="tight", **extra)
     return fig
 
 

@@ -11,7 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import yaml
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cdkd.engine.recorder import read_epochs, read_steps
 from cdkd.viz._style import STUDENT_COLOR, TEACHER_COLOR, NotebookFigure, finish_figure, note_axis
@@ -53,6 +56,36 @@ def _series(steps: dict[str, np.ndarray], key: str, x: str = "step") -> tuple[np
 
 CURVE_TITLES = {"task": "task loss L_ori", "feature": "feature loss L_fea (Eq. 5)",
                 "logit": "logit loss L_logit (Eq. 7)", "loss": "total loss (Eq. 8)"}
+CURVE_UNITS = {"task": "L_ori", "feature": "L_fea (before alpha)", "logit": "L_logit (before beta)",
+               "feature_weighted": "alpha * L_fea", "logit_weighted": "beta * L_logit", "loss": "L_total (Eq. 8)",
+               "lr": "learning rate", "tau": "tau", "xi": "xi"}
+
+
+def _validation_panel(ax: Axes, runs: dict[str, Path], val_metric: str) -> None:
+    """The validation metric after each validated epoch, on an axis of the runs' whole epochs."""
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(val_metric)
+    ax.set_title(f"validation {val_metric}", fontsize=10)
+    plotted, last_epoch = 0, 1
+    for label, path in runs.items():
+        epochs = read_epochs(path)
+        last_epoch = max([last_epoch, *(int(r["epoch"]) + 1 for r in epochs if "epoch" in r)])
+        rows = [r for r in epochs if val_metric in r.get("val", {})]
+        if not rows:
+            continue
+        metric = rows[-1]["val"].get("protocol", {}).get("metric", val_metric)
+        name = metric if val_metric == "main" else val_metric
+        ax.set_title(f"validation {name}", fontsize=10)
+        ax.set_ylabel(name)
+        xs, ys = [r["epoch"] + 1 for r in rows], [float(r["val"][val_metric]) for r in rows]
+        ax.plot(xs, ys, marker="o", label=f"{label}: {ys[-1]:.2f}")
+        plotted += 1
+    ax.set_xlim(0.5, last_epoch + 0.5)  # whole epochs 1..E: a single validation is a point at its epoch
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if plotted:
+        ax.legend(fontsize=8, title="last value", title_fontsize=8)
+    else:
+        note_axis(ax, f"no validated epoch with '{val_metric}'\nin {', '.join(runs)}")
 
 
 def plot_training_curves(
@@ -65,8 +98,9 @@ def plot_training_curves(
 ) -> Figure:
     """Loss terms of Eq. 8 over training steps, one panel per term, one line per run.
 
-    ``task`` is L_ori, ``feature`` is alpha * L_fea (SAPE, Eq. 5), ``logit`` beta * L_logit (CCA,
-    Eq. 7), as the engine records them; any other ``steps.csv`` column (``loss``, ``lr``) works too.
+    ``task`` is L_ori, ``feature`` L_fea (SAPE, Eq. 5) and ``logit`` L_logit (CCA, Eq. 7) before their
+    weights alpha and beta, as the engine records them (``feature_weighted`` / ``logit_weighted`` are
+    alpha * L_fea and beta * L_logit); any other ``steps.csv`` column (``loss``, ``lr``) works too.
     A term a run did not record is skipped for that run, and a panel no run has says so.
 
     Args:
@@ -74,8 +108,9 @@ def plot_training_curves(
         keys: columns to plot.
         smooth: trailing moving-average window in logged steps (1 = raw).
         logy: logarithmic y axis.
-        val_metric: a validation metric of ``epochs.jsonl`` (e.g. 'Mean' for PCKh, 'AP'): adds a last
-            panel with its value after each validated epoch.
+        val_metric: a validation metric of ``epochs.jsonl`` (e.g. 'Mean' for PCKh, 'AP', or 'main' for
+            the protocol's main metric): adds a last panel with its value after each validated epoch,
+            on an axis of the runs' whole epochs (1..E), the last value written beside its marker.
         save: optional output path.
 
     Returns:
@@ -97,6 +132,7 @@ def plot_training_curves(
             plotted += 1
         ax.set_title(CURVE_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(CURVE_UNITS.get(key, key) + (f", mean of {smooth} logged steps" if smooth > 1 else ""))
         if plotted:
             if logy:
                 ax.set_yscale("log")
@@ -104,46 +140,79 @@ def plot_training_curves(
         else:
             note_axis(ax, f"'{key}' not recorded\nin {', '.join(records)}")
     if val_metric is not None:
-        ax = axes[-1]
-        ax.set_title(f"validation {val_metric}", fontsize=10)
-        ax.set_xlabel("epoch")
-        plotted = 0
-        for label, path in runs.items():
-            rows = [r for r in read_epochs(path) if val_metric in r.get("val", {})]
-            if rows:
-                metric = rows[-1]["val"].get("protocol", {}).get("metric", val_metric)
-                ax.set_title(f"validation {metric if val_metric == 'main' else val_metric}", fontsize=10)
-                ax.plot([r["epoch"] + 1 for r in rows], [r["val"][val_metric] for r in rows], marker="o", label=label)
-                plotted += 1
-        if plotted:
-            ax.legend(fontsize=8)
-        else:
-            note_axis(ax, f"no validated epoch with '{val_metric}'\nin {', '.join(runs)}")
+        _validation_panel(axes[-1], runs, val_metric)
     return finish_figure(fig, save)
 
 
-def plot_temperature(run_dir: str | Path, save: str | Path | None = None) -> Figure:
-    """ETHT (Sec. III-B2, Eq. 9-12): the learned temperature tau and the reversal weight xi.
+def tau_bounds(run_dir: str | Path) -> tuple[float, float] | None:
+    """The range ETHT's tau can take in a run, [tau_min, tau_min + tau_range] (Eq. 9: tau = tau_min +
+    tau_range * sigmoid(theta)), read from the run's ``config.yaml``; None without one."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        distill = (yaml.safe_load(path.read_text()) or {}).get("distill") or {}
+        low, width = float(distill.get("tau_min", 1.0)), float(distill.get("tau_range", 20.0))
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read distill.tau_min / tau_range ({err})") from None
+    return low, low + width
+
+
+def plot_temperature(run_dir: str | Path, save: str | Path | None = None,
+                     bounds: tuple[float, float] | None = None) -> Figure:
+    """ETHT (Sec. III-B2, Eq. 9-12): the temperature tau and the reversal weight xi over training.
+
+    tau is drawn against the whole range it can take, [tau_min, tau_min + tau_range] (from the run's
+    ``config.yaml``, or ``bounds``), so a change of 0.02 looks like one; the first and last values and
+    their difference are written in the panel and the title, which says whether tau moved by more than
+    1% of its range. xi is drawn on [0, 1].
 
     Args:
         run_dir: a run folder with ``steps.csv`` (columns 'tau' and 'xi'; either may be absent).
         save: optional output path.
+        bounds: (low, high) of tau's axis; None reads the run's range, or pads the values without one.
 
     Returns:
         Figure with 2 axes (tau, xi); a missing column leaves a note in its axis.
     """
     steps = read_steps(run_dir)
-    fig = NotebookFigure(figsize=(9, 3.2), layout="constrained")
+    bounds = bounds or tau_bounds(run_dir)
+    fig = NotebookFigure(figsize=(9, 3.4), layout="constrained")
     axes = fig.subplots(1, 2)
-    labels = {"tau": "temperature tau (Eq. 7, learned by ETHT)", "xi": "reversal weight xi (Eq. 12)"}
+    name = Path(run_dir).name
     for ax, key in zip(axes, ("tau", "xi")):
         series = _series(steps, key)
-        ax.set_title(labels[key], fontsize=10)
         ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.set_title("temperature tau (Eq. 7, ETHT Eq. 9-11)" if key == "tau" else "reversal weight xi (Eq. 12)",
+                     fontsize=10)
         if series is None:
-            note_axis(ax, f"'{key}' not recorded in {Path(run_dir).name}")
+            note_axis(ax, f"'{key}' not recorded in {name}")
             continue
-        ax.plot(*series, color=TEACHER_COLOR if key == "tau" else STUDENT_COLOR, linewidth=1.4)
+        xs, ys = series
+        ax.plot(xs, ys, color=TEACHER_COLOR if key == "tau" else STUDENT_COLOR, linewidth=1.4, marker=".")
+        first, last = float(ys[0]), float(ys[-1])
+        if key == "xi":
+            ax.set_ylim(-0.05, 1.05)
+            continue
+        if bounds is not None:
+            low, high = bounds
+            range_text = f"range [{low:g}, {high:g}]"
+        else:
+            pad = max(1.0, 10 * float(ys.max() - ys.min()))
+            low, high = float(ys.min()) - pad, float(ys.max()) + pad
+            range_text = f"axis padded by {pad:.2g}"
+        ax.set_ylim(low, high)
+        for x, y, where in ((xs[0], first, "start"), (xs[-1], last, "end")):
+            ax.annotate(f"{where} {y:.3f}", (x, y), textcoords="offset points", xytext=(0, 8 if where == "start" else -12),
+                        ha="left" if where == "start" else "right", fontsize=8)
+        delta = last - first
+        share = abs(delta) / (high - low)
+        verb = "moved" if share >= 0.01 else "barely moved"
+        ax.set_title(f"temperature tau (Eq. 7, ETHT): {verb}, {first:.3f} -> {last:.3f}\n"
+                     f"change {delta:+.3f} = {share:.1%} of its {range_text}", fontsize=9)
+        fig.stated = {"tau_first": f"{first:.3f}", "tau_last": f"{last:.3f}", "tau_change": f"{delta:+.3f}"}
+    fig.suptitle(f"ETHT in {name}", fontsize=10)
     return finish_figure(fig, save)
 
 
