@@ -30,6 +30,7 @@ from cdkd import viz
 
 VIEW_KEYS = ("image", "pred")
 TAU_READOUT = ".3g"  # the tau slider's readout format (d3-format in the browser)
+STATUS_CLASS = "cdkd-explorer-status"  # CSS class of the status line on the page
 DEFER_S = 0.15  # seconds a render waits on the kernel's event loop for newer control changes
 
 
@@ -336,6 +337,7 @@ class PredictionExplorer:
         }
         out = widgets.Output()
         status = widgets.Label(value="")
+        status.add_class(STATUS_CLASS)  # found by benchmarks/browser_check.py
         formatter = InteractiveShell.instance().display_formatter
         generation = [0]  # bumped by every control change; a render of an older generation is dropped
 

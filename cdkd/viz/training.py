@@ -248,5 +248,5 @@ def plot_sau_weights(run_dir: str | Path, save: str | Path | None = None) -> Fig
     ok = np.isfinite(values).all(axis=0) & np.isfinite(xs)
     ax.stackplot(xs[ok], values[:, ok], labels=[f"w{c[5:]}" for c in columns], alpha=0.85)
     ax.set_ylim(0, max(1.0, float(values[:, ok].sum(0).max(initial=1.0))))
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="projector", title_fontsize=8)
     return finish_figure(fig, save)
