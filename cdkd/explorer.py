@@ -348,7 +348,11 @@ class PredictionExplorer:
         def render(wanted: int) -> None:
             if wanted != generation[0]:
                 return  # superseded before it started: a newer change has its own render queued
-            fig = self.render_static(**state())
+            try:
+                fig = self.render_static(**state())
+            except Exception as err:  # a deferred render's error would only reach the kernel's log
+                status.value = f"could not draw: {type(err).__name__}: {err}"
+                raise
             if wanted != generation[0]:
                 return  # superseded while drawing: never show a picture of an older state
             data, metadata = formatter.format(fig, include=("image/png", "text/plain"))

@@ -147,3 +147,16 @@ def test_rerunning_the_cell_starts_from_the_default_state(records):
     assert explorer.controls["tau"].value == 2.0 and explorer.controls["sample"].value == 0
     assert explorer.figure.stated == {"sample": "0", "joint": "l_knee", "resolution": "student", "tau": "2.00"}
     assert explorer.tau == 2.0 and explorer.render_static(0, 0).stated["tau"] == "2.00"
+
+
+def test_a_failed_render_says_so_in_the_status_line(records, monkeypatch):
+    explorer = PredictionExplorer(records, "mpii")
+    explorer.widget()
+
+    def broken(**state):
+        raise RuntimeError("no logits")
+
+    monkeypatch.setattr(explorer, "render_static", broken)
+    with pytest.raises(RuntimeError, match="no logits"):
+        explorer.controls["sample"].value = 1
+    assert explorer.status.value == "could not draw: RuntimeError: no logits"
