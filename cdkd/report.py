@@ -111,6 +111,9 @@ def _fmt(cell: tuple[float, float, int], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 and std > 0 else f"{mean:.{digits}f}"
 
 
+PAPER_METHODS = {"SimCC (baseline)": "simcc", "CDKD (paper)": "cdkd"}  # arms the paper reports a number for
+
+
 def markdown_table(runs: list[dict], dataset: str, arch_for_paper: str = "hrnet_w32") -> str:
     """One row per (method, resolution): metric columns, Params, FLOPs, the paper's number."""
     columns = MPII_COLUMNS if dataset == "mpii" else COCO_COLUMNS
@@ -120,7 +123,7 @@ def markdown_table(runs: list[dict], dataset: str, arch_for_paper: str = "hrnet_
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     main = "Mean" if dataset == "mpii" else "AP"
     for (label, res), row in table.items():
-        method = "cdkd" if label.startswith("CDKD") else "simcc" if label.startswith("SimCC") else None
+        method = PAPER_METHODS.get(label)  # the paper's CDKD number belongs to its form, not to the released code
         ref = paper_number(dataset, arch_for_paper, res, method) if method else None
         cells = [label, f"{res}x{res}", str(row[main][2]), *(_fmt(row[c]) for c in columns),
                  f"{row['Params (M)'][0]:.3f}", f"{row['GFLOPs (paper conv.)'][0]:.4f}",
@@ -247,20 +250,19 @@ def paper_table(dataset: str) -> dict[str, dict[str, float]]:
     for (arch, res, method), value in table.items():
         if arch != "hrnet_w32" and dataset == "mpii":
             continue
-        label = {"simcc": "SimCC (baseline)", "cdkd": "CDKD (paper)"}.get(method)
+        label = {m: arm for arm, m in PAPER_METHODS.items()}.get(method)
         if label:
             out.setdefault(label, {})[f"{res}x{res}"] = value
     return out
 
 
-def bar_table(runs: list[dict], dataset: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """label -> {resolution: (mean, std)} of the main metric over the study's arms (no teacher, no
-    single-seed sweep point), for ``viz.plot_metric_bars``."""
+def bar_table(runs: list[dict], dataset: str) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """label -> {resolution: (mean, std, number of seeds)} of the main metric over the study's arms (no
+    teacher, no single-seed sweep point), for ``viz.plot_metric_bars``."""
     main = "Mean" if dataset == "mpii" else "AP"
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+    out: dict[str, dict[str, tuple[float, float, int]]] = {}
     for (label, res), row in summarize([r for r in runs if is_study_arm(r)], (main,)).items():
-        mean, std, _ = row[main]
-        out.setdefault(label, {})[f"{res}x{res}"] = (mean, std)
+        out.setdefault(label, {})[f"{res}x{res}"] = row[main]
     return out
 
 
@@ -329,11 +331,13 @@ ABLATION_REFERENCE = {
 
 def ablation_table(out_dir: str | Path, res: int, seed: int, dataset: str = "mpii") -> str:
     """Markdown table of every run at ``res`` / ``seed`` named by its variant, with the paper's
-    MPII 64x64 ablation number beside it (orientation only: the paper's runs are on real MPII)."""
+    MPII 64x64 ablation number beside it (orientation only: the paper's runs are on real MPII; the
+    heading names both resolutions when ``res`` is not 64)."""
     from cdkd.reference import MPII_64_ABLATIONS
 
     column = "Mean" if dataset == "mpii" else "AP"
-    lines = [f"| Variant | {column} | Paper (MPII 64x64) |", "|---|---|---|"]
+    paper = "Paper (real MPII, 64x64)" if res == 64 else f"Paper (real MPII at 64x64, not {res}x{res})"
+    lines = [f"| Variant (ours, {res}x{res}, seed {seed}) | {column} | {paper} |", "|---|---|---|"]
     for r in load_runs(Path(out_dir) / "runs"):
         variant = r.get("variant") or r["config"]["train"].get("variant")
         if r["resolution"] != res or r["seed"] != seed or variant in (None, "teacher"):
