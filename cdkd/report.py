@@ -169,16 +169,17 @@ def run_state(record: dict) -> dict[str, float]:
     first = record.get("first_epoch_train") or {}
     config = record.get("config", {}).get("distill", {})
     distill = record.get("mode") == "distill"
+    logit = distill and config.get("logit", "cca") != "none"  # tau only acts through the logit term
 
     def value(source, key):
-        return float(source[key]) if distill and key in source else math.nan
+        return float(source[key]) if logit and key in source else math.nan
 
     shares = {f"share_{k}": float(train[f"share_{k}"]) if f"share_{k}" in train else math.nan
               for k in ("task", "feature", "logit")}
     return {
         "tau": value(train, "tau"),
         "tau_start": value(first, "tau"),
-        "xi": value(train, "xi"),
+        "xi": float(train["xi"]) if distill and "xi" in train else math.nan,
         "entropy": value(train, "target_entropy"),
         "share": shares["share_feature"] + shares["share_logit"] if "share_task" in train else math.nan,
         **shares,
@@ -246,7 +247,7 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
 
 def _interval(c: dict) -> str:
     if c["n"] < 2:
-        return f"{c['mean']:+.2f}, {c['n']} paired seed"
+        return f"{c['mean']:+.2f} from {c['n']} paired seed, no interval"
     return f"{c['mean']:+.2f}, 95% CI [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}], {c['n']} paired seeds"
 
 
@@ -283,8 +284,10 @@ def answer(runs: list[dict], dataset: str) -> list[str]:
             transfer, clause = False, "no control arm ran, so whether the teacher's knowledge transfers is not tested"
         else:
             transfer, clause = _transfer(against)
-        effect = (f"against the baseline CDKD (paper) {_word(base['ci95'])} it ({column} {_interval(base)})"
-                  if base["n"] else "no paired baseline ran")
+        if base["n"] >= 2:
+            effect = f"against the baseline CDKD (paper) {_word(base['ci95'])} it ({column} {_interval(base)})"
+        else:
+            effect = f"against the baseline: {column} {_interval(base)}" if base["n"] else "no paired baseline ran"
         gained = base["n"] >= 2 and base["ci95"][0] > 0
         why = ""
         if not (transfer and gained):

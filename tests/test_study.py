@@ -176,10 +176,11 @@ def test_reproduce_runs_the_curve_with_the_first_seed_only():
 # ----------------------------------------------------------------------------- summary
 
 
-def write_run(root, variant, seed, res, mean, entropy=0.9, tau=(15.62, 15.5), shares=(0.6, 0.2, 0.2), epochs=3):
+def write_run(root, variant, seed, res, mean, entropy=0.9, tau=(15.62, 15.5), shares=(0.6, 0.2, 0.2), epochs=3,
+              logit="cca"):
     mode = "baseline" if variant == "baseline" else "teacher" if variant == "teacher" else "distill"
     cfg = config_to_dict(config_from_dict({"train": {"mode": mode, "seed": seed, "epochs": epochs, "variant": variant},
-                                           "distill": {"alpha": 2.0, "beta": 0.5}}))
+                                           "distill": {"alpha": 2.0, "beta": 0.5, "logit": logit}}))
     train = {} if mode == "baseline" else {"tau": tau[1], "xi": 1.0, "target_entropy": entropy,
                                            "share_task": shares[0], "share_feature": shares[1],
                                            "share_logit": shares[2]}
@@ -203,8 +204,11 @@ def test_summary_reports_mechanism_controls_and_the_answer(tmp_path):
         write_run(tmp_path, "cdkd-paper", seed, 32, base + 0.1 * (seed % 2), entropy=0.987, shares=(0.6, 0.3, 0.1))
         write_run(tmp_path, "cdkd-random-teacher", seed, 32, base + 0.1 - 0.1 * seed)
         write_run(tmp_path, "cdkd-shuffled-teacher", seed, 32, base - 0.05 * seed)
+        write_run(tmp_path, "sape", seed, 32, base + 1.0, tau=(1.0, 1.0), shares=(0.7, 0.3, 0.0), logit="none")
     runs = load_runs(tmp_path / "runs")
     table = arms_table(runs, "mpii")
+    # no logit term: tau and the target's entropy do not apply
+    assert "| component: SAPE alone | 4 | 32.50 ± 1.29 | +1.00 | [+1.00, +1.00] | - | 0.125 | 2 | 0.5 | - | - | 70% / 30% / 0% |" in table
     assert "tau start → end" in table and "target entropy" in table and "share task / feature / logit" in table
     assert "| 15.62 → 15.50 | 0.987 | 60% / 30% / 10% |" in table
     lines = verdict(runs, "mpii")
