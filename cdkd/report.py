@@ -310,7 +310,7 @@ def arms_table(runs: list[dict], dataset: str) -> str:
     share of the update."""
     column = "Mean" if dataset == "mpii" else "AP"
     head = ["Res", "Arm", "Seeds", f"{column} (mean ± std)", "Δ vs baseline", "95% CI", "t-test p",
-            "Wilcoxon p", "alpha", "beta", "tau start → end", "target entropy", "share task / feature / logit"]
+            "Wilcoxon p", "alpha", "beta", "tau (1st → last epoch)", "target entropy", "share task / feature / logit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     students = [r for r in runs if is_study_arm(r)]
     for res in sorted({r["resolution"] for r in students}):
@@ -456,8 +456,9 @@ def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd
         "Paired by seed (each arm's run of seed s starts from the same student initialisation and data",
         "order as the baseline's). Δ is arm minus baseline; the 95% CI is Student's t over the paired",
         "differences; p-values are two-sided (paired t-test; Wilcoxon signed-rank). The controls and the",
-        "component arms use the alpha and beta calibrated by the paper arm of the same seed. tau runs from",
-        "the first epoch's value to the last's; the target entropy is the merged teacher target's entropy at",
+        "component arms use the alpha and beta calibrated by the paper arm of the same seed. tau: the mean",
+        "of the first epoch (its start value when xi is 0 there, as in the demo preset) and of the last",
+        "(its trajectory per logged step is in each run's steps.csv); the target entropy is the merged teacher target's entropy at",
         "the run's tau divided by log C_s (1 = uniform), averaged over the last epoch's steps, joints and both",
         "axes; the shares are each term's share of the Adam update on the student's parameters",
         "(cdkd.diagnose), averaged over the last epoch's logged steps. All are means over the arm's seeds.",

@@ -209,7 +209,7 @@ def test_summary_reports_mechanism_controls_and_the_answer(tmp_path):
     table = arms_table(runs, "mpii")
     # no logit term: tau and the target's entropy do not apply
     assert "| component: SAPE alone | 4 | 32.50 ± 1.29 | +1.00 | [+1.00, +1.00] | - | 0.125 | 2 | 0.5 | - | - | 70% / 30% / 0% |" in table
-    assert "tau start → end" in table and "target entropy" in table and "share task / feature / logit" in table
+    assert "tau (1st → last epoch)" in table and "target entropy" in table and "share task / feature / logit" in table
     assert "| 15.62 → 15.50 | 0.987 | 60% / 30% / 10% |" in table
     lines = verdict(runs, "mpii")
     assert any("CDKD (paper) did not differ significantly from the untrained teacher (control A)" in x for x in lines)
