@@ -38,6 +38,7 @@ class TeacherConfig:
     split_ratio: float = 3.0
     checkpoint: str = ""  # cdkd checkpoint or official state dict of the trained teacher
     random: bool = False  # True: an untrained teacher of this arch (the control arm; checkpoint ignored)
+    shuffle: bool = False  # True: each crop distils from another crop's output in the batch (rolled by one; control B)
 
 
 @dataclass

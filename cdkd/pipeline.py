@@ -8,7 +8,11 @@ another config is an error naming the keys (``force=True`` retrains).
 Layout under ``out_dir``::
 
     runs/teacher/                      the high-resolution teacher
-    runs/r{res}_s{seed}_{variant}/     students: baseline, cdkd-paper, cdkd-official, ablations
+    runs/r{res}_s{seed}_{variant}/     students: baseline, cdkd-paper, the controls, cdkd-official, ablations
+    curve/r{res}_s{seed}_{variant}_e{E}/  the training-length curve (:func:`train_curve`)
+
+The controls, the components and the fixed-tau arm (``SHARED_WEIGHTS``) train with the alpha and
+beta that the paper arm of their seed and resolution calibrated (:func:`paper_weights`).
 """
 
 from __future__ import annotations
@@ -26,9 +30,26 @@ VARIANTS: dict[str, dict[str, object]] = {
     # the released code, with the preset's released loss weights (no calibration: the released
     # feature term is detached and sends no gradient to the student)
     "cdkd-official": {"train.mode": "distill", "distill.fidelity": "official", "distill.calibrate_share": 0.0},
-    # control: the paper's method, same calibration rule, but an untrained teacher
+    # control A: the paper's method under an untrained teacher (alpha, beta: the paper arm's, below)
     "cdkd-random-teacher": {"train.mode": "distill", "distill.fidelity": "paper", "teacher.random": True},
+    # control B: the paper's method, each crop distilling from another crop's teacher output in the batch
+    # (the trained teacher's statistics, no knowledge of this image)
+    "cdkd-shuffled-teacher": {"train.mode": "distill", "distill.fidelity": "paper", "teacher.shuffle": True},
+    # the paper's method with a fixed, lower temperature (no ETHT): tests whether tau ~ 15.6 flattens the
+    # merged teacher target towards the uniform distribution (see the target entropy in the summary). Its
+    # beta is the paper arm's, calibrated at tau ~ 15.6, so the logit term's share differs (measured, shown)
+    "cdkd-paper-tau4": {"train.mode": "distill", "distill.fidelity": "paper", "distill.etht": False, "distill.tau": 4.0},
 }
+
+# Arms that take alpha and beta from the finished paper arm (``cdkd-paper``) of the same seed and
+# resolution instead of calibrating their own: one calibration per seed, shared and fixed before their
+# results, so that these arms differ from the paper arm only in what their name says (the teacher, the
+# temperature, or a missing term), not in the weight of the distillation terms.
+SHARED_WEIGHTS = frozenset({"cdkd-random-teacher", "cdkd-shuffled-teacher", "cdkd-paper-tau4", "sape", "cca-etht"})
+WEIGHTS_FROM = "cdkd-paper"
+
+# Arms of the training-length curve (:func:`train_curve`).
+CURVE_VARIANTS = ("baseline", "cdkd-paper")
 
 # Ablations of Tables III, V and VI (MPII 64x64 in the paper), as values of a distill run.
 ABLATIONS: dict[str, dict[str, object]] = {
@@ -138,9 +159,12 @@ def train_teacher(preset: str, out_dir: str | Path, force: bool = False, **kwarg
 
 def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: str | Path,
                    data_root: str | None = None, epochs: int | None = None, device: str = "auto",
-                   workers: int | None = None, extra: tuple[str, ...] = ()) -> Config:
+                   workers: int | None = None, extra: tuple[str, ...] = (),
+                   fixed: dict[str, object] | None = None) -> Config:
     """A student's config at ``res`` x ``res``: ``{preset}_student`` + the variant's values (an arm
-    of ``VARIANTS``, an ablation, or a share of the sweep, ``share-S``); ``extra``: user overrides."""
+    of ``VARIANTS``, an ablation, or a share of the sweep, ``share-S``); ``extra``: user overrides;
+    ``fixed``: dotted keys set last, over the user's overrides too (the paper arm's alpha and beta of
+    :func:`paper_weights`, the curve's schedule)."""
     table = {**VARIANTS, **ABLATIONS}
     if variant.startswith("share-"):
         arm = {**VARIANTS["cdkd-paper"], "distill.calibrate_share": float(variant[len("share-"):])}
@@ -162,6 +186,10 @@ def student_config(preset: str, variant: str, res: int, seed: int, teacher_dir: 
 
         k = same_class_split_ratio(cfg.teacher.split_ratio, tuple(cfg.teacher.input_size), tuple(cfg.model.input_size))
         cfg = load_config(f"{preset}_student", extra, values={**values, "model.split_ratio": k})
+    if fixed:
+        from cdkd.config import config_to_dict
+
+        cfg = load_config(config_to_dict(cfg), values=fixed)
     return cfg
 
 
@@ -171,8 +199,52 @@ def train_student(preset: str, variant: str, res: int, seed: int, out_dir: str |
     teacher_dir = kwargs.pop("teacher_dir", Path(out_dir) / "runs" / "teacher")
     run_dir = Path(out_dir) / "runs" / f"r{res}_s{seed}_{variant}"
     unrequested = ("train.epochs",) if not kwargs.get("epochs") else ()
+    if variant in SHARED_WEIGHTS:  # the paper arm of this seed first: its calibrated alpha and beta
+        weights = paper_weights(preset, res, seed, out_dir, teacher_dir=teacher_dir, **kwargs)
+        kwargs["fixed"] = {**(kwargs.get("fixed") or {}), **weights}
     return reuse_or_train(student_config(preset, variant, res, seed, teacher_dir, **kwargs), run_dir, force,
                           unrequested)
+
+
+def paper_weights(preset: str, res: int, seed: int, out_dir: str | Path, **kwargs) -> dict[str, object]:
+    """alpha and beta of the paper arm (``WEIGHTS_FROM``) of this seed and resolution, trained first
+    if it has not finished, as fixed values for the arms of ``SHARED_WEIGHTS``:
+    ``{'distill.alpha': a, 'distill.beta': b, 'distill.calibrate_share': 0.0}``. ``kwargs`` are
+    :func:`train_student`'s (the same epochs, data and overrides as the arm that asks)."""
+    paper_dir = train_student(preset, WEIGHTS_FROM, res, seed, out_dir, **kwargs)
+    distill = (finished_config(paper_dir) or {}).get("distill") or {}
+    if "alpha" not in distill or "beta" not in distill:
+        raise FileNotFoundError(f"{paper_dir}/metrics.json records no distill.alpha/beta to share")
+    return {"distill.alpha": float(distill["alpha"]), "distill.beta": float(distill["beta"]),
+            "distill.calibrate_share": 0.0}
+
+
+def train_curve(preset: str, lengths, res: int, seed: int, out_dir: str | Path, variants=CURVE_VARIANTS,
+                force: bool = False, **kwargs) -> dict[int, dict[str, Path]]:
+    """PCKh against training length: each arm of ``variants`` trained for each number of epochs in
+    ``lengths`` (one seed), the LR dropping for the last epoch as in the demo preset
+    (``train.lr_steps = [E - 1]``), under the study's teacher (``out_dir/runs/teacher``).
+
+    A length whose config equals a finished study run (``out_dir/runs/r{res}_s{seed}_{variant}``)
+    reuses that run; the others train under ``out_dir/curve/r{res}_s{seed}_{variant}_e{E}``. Returns
+    ``{E: {variant: run folder}}``; nothing for an empty ``lengths``."""
+    from cdkd.engine.run import NON_RESULT_KEYS, config_changes
+
+    out_dir = Path(out_dir)
+    teacher_dir = kwargs.pop("teacher_dir", out_dir / "runs" / "teacher")
+    kwargs.pop("epochs", None)
+    curve: dict[int, dict[str, Path]] = {}
+    for epochs in sorted({int(e) for e in lengths}):
+        fixed = {"train.lr_steps": [max(epochs - 1, 1)]}
+        for variant in variants:
+            cfg = student_config(preset, variant, res, seed, teacher_dir, epochs=epochs, fixed=fixed, **kwargs)
+            study = out_dir / "runs" / f"r{res}_s{seed}_{variant}"
+            if is_complete(study) and not config_changes(finished_config(study), cfg, ignore=NON_RESULT_KEYS):
+                curve.setdefault(epochs, {})[variant] = study
+                continue
+            run_dir = out_dir / "curve" / f"r{res}_s{seed}_{variant}_e{epochs}"
+            curve.setdefault(epochs, {})[variant] = reuse_or_train(cfg, run_dir, force)
+    return curve
 
 
 def switch_overrides(sape: bool = True, cca: bool = True, etht: bool = True) -> tuple[str, ...]:

@@ -1,11 +1,14 @@
 """``python -m cdkd reproduce``: the whole reproduction, by executing the numbered notebooks.
 
-Data (01), the teacher (02), four arms paired by seed at each resolution (03): the SimCC baseline,
-CDKD in the paper's form, CDKD as released (``fidelity: official``) and the control (the paper's
-form under an untrained teacher), then the tables with paired confidence intervals (04) and the
-figures (05), executed headlessly with papermill; the executed copies land in the output folder
-beside ``summary.md`` and ``figures/``. Finished runs are reused, so an interrupted reproduction
-continues where it stopped, and ``--seeds`` adds seeds to an existing study.
+Data (01), the teacher (02), arms paired by seed at each resolution (03): by default the SimCC
+baseline, CDKD in the paper's form and two controls with the paper arm's alpha and beta (the paper's
+form under an untrained teacher, and under a shuffled teacher); CDKD as released
+(``cdkd-official``), the components (``sape``, ``cca-etht``) and a fixed lower temperature
+(``cdkd-paper-tau4``) by ``--variants``; a training-length curve by ``--curve-epochs``; then the
+tables with paired confidence intervals and the answer (04) and the figures (05), executed
+headlessly with papermill; the executed copies land in the output folder beside ``summary.md`` and
+``figures/``. Finished runs are reused, so an interrupted reproduction continues where it stopped,
+and ``--seeds`` / ``--res`` / ``--variants`` add runs to an existing study.
 """
 
 from __future__ import annotations
@@ -92,9 +95,10 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
         ("02_teacher.ipynb", "02_teacher.ipynb", common),
     ]
     for res in args.res:
-        for seed in args.seeds:
+        for seed in args.seeds:  # the curve (baseline and paper arm at each length) with the first seed
+            curve = [int(e) for e in args.curve_epochs] if seed == args.seeds[0] else []
             steps.append(("03_distill.ipynb", f"03_distill_r{res}_s{seed}.ipynb",
-                          {**common, "res": res, "seed": seed, "variants": args.variants}))
+                          {**common, "res": res, "seed": seed, "variants": args.variants, "curve_epochs": curve}))
     if args.shares or args.ablations:  # the weight sweep (its share 0 is the seed's baseline, reused) and ablations
         steps.append(("06_ablations.ipynb", "06_ablations.ipynb",
                       {**common, "res": args.sweep_res, "seed": args.seeds[0], "shares": args.shares,
@@ -178,25 +182,31 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(6)),
-                   help="student seeds; every arm trains each seed (paired) (default: 0-5)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="student seeds; every arm trains each seed (paired) (default: 0, what fits the main "
+                        "job's 45 minutes on a 2-core CPU; add seeds by further calls)")
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
-    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
-                   help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
+    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher",
+                   help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher; "
+                        "also cdkd-official, cdkd-paper-tau4, sape, cca-etht and the ablations of cdkd.pipeline)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
-    p.add_argument("--n-train", type=int, default=1000,
-                   help="synthetic training persons (default: 1000, so that 4 arms x 2 resolutions x 6 seeds fit "
-                        "45 minutes on a 2-core CPU; the notebooks' own default is 4000)")
+    p.add_argument("--n-train", type=int, default=None,
+                   help="synthetic training persons (default: 4000, as the notebooks, on which the demo teacher "
+                        "reaches PCKh >= 60; tiny: 1000)")
     p.add_argument("--n-val", type=int, default=1000, help="synthetic validation persons (default: 1000)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--shares", default="0,0.15,0.3,0.45",
+    p.add_argument("--shares", default="",
                    help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
-                        "comma-separated; '' skips it (default: 0,0.15,0.3,0.45)")
+                        "comma-separated, e.g. 0,0.15,0.3,0.45; '' skips it (default: '')")
+    p.add_argument("--curve-epochs", type=int, nargs="*", default=[],
+                   help="training lengths of the curve: baseline and CDKD (paper) at each, first seed only, "
+                        "every resolution, reported as PCKh against epochs in summary.md (e.g. 3 5 8; default: none)")
     p.add_argument("--sweep-res", type=int, default=32, help="resolution of the sweep and the ablations (default: 32)")
     p.add_argument("--ablations", action="store_true",
                    help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")
     args = p.parse_args(argv)
     args.out = args.out or f"results/{args.preset}"
+    args.n_train = args.n_train or (1000 if args.preset == "tiny" else 4000)
     args.data_root = args.data_root or ("data/tiny" if args.preset == "tiny" else "data/synth")
     cwd = Path.cwd()
     out = Path(args.out)

@@ -202,7 +202,8 @@ def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Disti
 
     s_feat, s_cls = shapes(student)
     t_feat, t_cls = shapes(teacher)
-    return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs)
+    return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs,
+                     shuffle_teacher=cfg.teacher.shuffle)
 
 
 def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: DistInfo) -> DataLoader:
@@ -491,6 +492,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
             _write_skipped(t.run_dir, t.train_set, t.val_set)
             write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model,
                           extra={"best": best, "config_changes": accepted,
+                                 "first_epoch_train": history[0].get("train", {}),
                                  "last_epoch_train": history[-1].get("train", {}),
                                  "persons_skipped": {"train": len(t.train_set.skipped),
                                                      "val": len(t.val_set.skipped)}})
