@@ -76,8 +76,11 @@ def eval_main(argv: list[str]) -> int:
     from cdkd.engine.train import check_device
     from cdkd.models.load import load_model
 
+    from cdkd.engine.run import resolved_config
+
     state = load_checkpoint(args.checkpoint)
-    cfg = load_config(args.config or state.get("config") or {}, args.overrides)
+    recorded = resolved_config(state["config"], Path(args.checkpoint).parent) if state.get("config") else {}
+    cfg = load_config(args.config or recorded, args.overrides)
     check_device(cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
     check_writable(out.parent, "the folder of --out")  # before the evaluation, not after
