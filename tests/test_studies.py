@@ -73,7 +73,10 @@ def test_resume_of_a_killed_overwrite_continues_it_and_then_replaces_the_run(syn
     new = teacher_cfg(synth, "train.epochs=2", "train.lr=0.002")
     fit(new, run_dir=run, overwrite=True, stop_after=1)  # "killed" after epoch 0 of the replacement
     assert snapshot(run) == before and (staging_dir(run) / "last.pth").exists()
-    fit(new, run_dir=run, resume=staging_dir(run) / "last.pth")
+    with pytest.raises(RunFolderError, match="give --overwrite as well"):  # the command: refused
+        fit(new, run_dir=run, resume=staging_dir(run) / "last.pth")
+    assert snapshot(run) == before
+    fit(new, run_dir=run, resume=staging_dir(run) / "last.pth", overwrite=True)  # continues the replacement
     assert not staging_dir(run).exists()
     assert epochs_of(run) == [0, 1]  # one run's epochs, not the old epoch 0 beside the new epoch 1
     metrics = json.loads((run / "metrics.json").read_text())
@@ -329,3 +332,19 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_moved_checkout_matches_its_records(tmp_path, monkeypatch):
+    from cdkd.engine.run import config_changes, portable_config
+
+    def cfg(root: Path):
+        return load_config("tiny_student", [f"data.root={root}/data/tiny/mpii",
+                                            f"teacher.checkpoint={root}/results/K/runs/teacher/best.pth"])
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    monkeypatch.setenv("CDKD_ROOT", str(old))
+    record = portable_config(cfg(old), old / "results/K/runs/r32_s0_cdkd-paper")
+    assert record["data"]["root"] == "data/tiny/mpii" and record["teacher"]["checkpoint"] == "../teacher/best.pth"
+    monkeypatch.setenv("CDKD_ROOT", str(new))
+    assert config_changes(record, cfg(new), run_dir=new / "results/K/runs/r32_s0_cdkd-paper") == {}
+    assert config_changes(record, cfg(old), run_dir=new / "results/K/runs/r32_s0_cdkd-paper")  # really compared

@@ -262,7 +262,8 @@ def hold_folder(folder: str | Path, command: str | None = None) -> Path:
         lock.acquire()
     except Timeout:
         raise FolderInUseError(f"{folder} is being written by {_holder_text(folder)}; one writer per folder: "
-                               "wait for it to end (or stop it), or use another output folder") from None
+                               "wait for it to end or stop it (a notebook holds its out_dir until its kernel is "
+                               "shut down), or use another output folder") from None
     _held[key] = [lock, 1]
     record = {"pid": os.getpid(), "command": command or shlex.join(sys.argv),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

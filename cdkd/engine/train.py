@@ -403,10 +403,8 @@ def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_
     check_device(cfg)
     if resume == "auto":
         resume = target / "last.pth" if (target / "last.pth").exists() else None
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
     if resume:
-        own = _own_checkpoint_folder(Path(resume), target)
+        own = _own_checkpoint_folder(Path(resume), target, overwrite)
         return (resume, *check_resume(cfg, resume, accept_config_change), own)
     if not run_files(target):
         return None, None, {}, target
@@ -420,14 +418,22 @@ def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_
     return None, None, {}, staging
 
 
-def _own_checkpoint_folder(resume: Path, target: Path) -> Path:
-    """The folder a ``--resume`` checkpoint continues in: ``target`` itself, or its staging sibling
-    (an ``--overwrite`` that was killed, which then replaces ``target`` once it has finished). A
-    checkpoint of any other folder is refused: continuing it in ``target`` would mix two runs."""
+def _own_checkpoint_folder(resume: Path, target: Path, overwrite: bool) -> Path:
+    """The folder a ``--resume`` checkpoint continues in: ``target`` itself, or, with ``overwrite``
+    given again, its staging sibling (an ``--overwrite`` that was killed; it replaces ``target``
+    once it has finished). A checkpoint of any other folder is refused: continuing it in ``target``
+    would mix two runs."""
     folder = resume.resolve().parent
-    for own in (target, staging_dir(target)):
-        if folder == own.resolve():
-            return own
+    if folder == target.resolve():
+        if overwrite:
+            raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
+        return target
+    if folder == staging_dir(target).resolve():
+        if not overwrite:
+            raise RunFolderError(f"--resume {resume} is the unfinished --overwrite of {target}, which replaces the "
+                                 "finished run there once it ends; give --overwrite as well to continue replacing it, "
+                                 "or leave out --resume to keep the finished run")
+        return staging_dir(target)
     raise RunFolderError(f"--resume {resume} is not a checkpoint of the run folder {target} (nor of its unfinished "
                          f"--overwrite); resume continues the run in --out only: give --out {resume.parent}, or "
                          "start a new run without --resume")
