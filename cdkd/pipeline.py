@@ -143,8 +143,8 @@ def check_parameters(preset: str, out_dir: str | Path, seed: int = 0, res: int |
                      hold: bool = True) -> Path:
     """Check a notebook's (or ``reproduce``'s) parameters before any data is generated or model
     trained, then (``hold``) make this process the one writer of ``out_dir`` (absolute, as
-    :func:`cdkd.notebook.folders` gives it) (see
-    :func:`cdkd.engine.run.hold_folder`; held until the process, e.g. the notebook's kernel, ends).
+    :func:`cdkd.notebook.folders` gives it), until the process (a notebook's kernel) ends; see
+    :func:`cdkd.engine.run.hold_folder`.
 
     Every student config the parameters ask for is built and validated as training would build it
     (preset, ``res`` against the teacher's resolution, the device), so a bad value fails at once.
@@ -173,7 +173,9 @@ def check_parameters(preset: str, out_dir: str | Path, seed: int = 0, res: int |
     values = parse_shares(shares)
     names += [share_variant(v) for v in values]
     teacher_dir = Path(out_dir) / "runs" / "teacher"
-    for name in dict.fromkeys(names or ["cdkd-paper"] if res is not None else names):
+    if not names and res is not None:
+        names = ["cdkd-paper"]  # a resolution alone is checked against the teacher's as a distilled student
+    for name in dict.fromkeys(names):
         try:
             cfg = student_config(preset, name, res or teacher.model.input_size[0], seed, teacher_dir, device=device)
         except ConfigError as err:
