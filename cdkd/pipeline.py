@@ -3,7 +3,9 @@
 Every step reads and writes files in run folders under one output directory, so that notebooks
 pass results to each other through files, never through kernel state, and a step whose run folder
 already holds a finished run with the same config is not trained again; a finished run with
-another config is an error naming the keys (``force=True`` retrains).
+another config is an error naming the keys (``force=True`` retrains). :func:`check_parameters`
+checks a notebook's or ``reproduce``'s parameters before any data is generated or model trained, and
+makes the calling process the one writer of the output folder.
 
 Layout under ``out_dir``::
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdkd.config import Config, load_config
+from cdkd.config import Config, ConfigError, load_config
 
 # Student arms: config values set on top of the student preset (Table I rows, both fidelities, and the
 # control). Plain data: dotted config keys -> values.
@@ -113,7 +115,6 @@ def reuse_or_train(cfg: Config, run_dir: Path, force: bool, unrequested: tuple[s
         ConfigError: a finished run with another config is in ``run_dir`` (naming the keys);
             ``force=True`` retrains it (the old files are replaced once the new run has finished).
     """
-    from cdkd.config import ConfigError
     from cdkd.engine.run import NON_RESULT_KEYS, config_changes, describe_changes
     from cdkd.engine.train import fit
 
@@ -121,13 +122,95 @@ def reuse_or_train(cfg: Config, run_dir: Path, force: bool, unrequested: tuple[s
         fit(cfg, run_dir=run_dir, overwrite=True)
         return run_dir
     if is_complete(run_dir):
-        changes = config_changes(finished_config(run_dir), cfg, ignore=NON_RESULT_KEYS | set(unrequested))
+        changes = config_changes(finished_config(run_dir), cfg, ignore=NON_RESULT_KEYS | set(unrequested),
+                                 run_dir=run_dir)
         if not changes:
             return run_dir
         raise ConfigError(f"{run_dir} holds a finished run with another config ({describe_changes(changes)}); "
-                          "pass force=True to retrain it, or use another out_dir")
+                          "keep the values it was trained with, use another output folder (--out, out_dir), "
+                          f"or delete {run_dir} to retrain it")
     fit(cfg, run_dir=run_dir, resume="auto", overwrite=not (Path(run_dir) / "last.pth").exists())
     return run_dir
+
+
+def _names(value, what: str, table: dict) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value or ())
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise ConfigError(f"unknown {what} '{unknown[0]}'; {what}s: {', '.join(table)}")
+    return names
+
+
+def parse_shares(shares) -> list[float]:
+    """The sweep's shares from ``'0,0.15,0.3'`` (or a list); a bad number is a ConfigError naming it."""
+    import math
+
+    out = []
+    for item in shares.split(",") if isinstance(shares, str) else (shares or ()):
+        if isinstance(item, str) and not item.strip():
+            continue
+        try:
+            value = float(item)
+        except (TypeError, ValueError):
+            raise ConfigError(f"share {item!r} is not a number (shares are comma-separated, e.g. 0,0.15,0.3)") from None
+        if not math.isfinite(value) or value < 0:
+            raise ConfigError(f"share {item!r} must be a finite number >= 0")
+        out.append(value)
+    return out
+
+
+def check_parameters(preset: str, out_dir: str | Path, seed: int = 0, res: int | None = None,
+                     variants=None, shares=None, ablations=None, device: str = "auto", epochs: int = 0,
+                     hold: bool = True) -> Path:
+    """Check a notebook's (or ``reproduce``'s) parameters before any data is generated or model
+    trained, then (``hold``) make this process the one writer of ``out_dir`` (absolute, as
+    :func:`cdkd.notebook.folders` gives it), until the process (a notebook's kernel) ends; see
+    :func:`cdkd.engine.run.hold_folder`.
+
+    Every student config the parameters ask for is built and validated as training would build it
+    (preset, ``res`` against the teacher's resolution, the device), so a bad value fails at once.
+
+    Raises:
+        ConfigError: naming the parameter and its value.
+    """
+    from cdkd.engine.run import hold_folder
+    from cdkd.engine.train import check_device
+
+    def whole(name, value, low):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"parameter '{name}' is {value!r}; it must be a whole number >= {low}")
+
+    whole("seed", seed, 0)
+    whole("epochs", epochs or 0, 0)
+    if res is not None:
+        whole("res", res, 1)
+    try:
+        teacher = teacher_config(preset, device=device, seed=seed)
+    except ConfigError as err:
+        raise ConfigError(f"parameter 'preset' ({preset!r}) or 'device' ({device!r}): {err}") from None
+    check_device(teacher)
+    names = _names(variants, "variant", VARIANTS)
+    names += _names(ablations, "ablation", ABLATIONS)
+    values = parse_shares(shares)
+    names += [share_variant(v) for v in values]
+    teacher_dir = Path(out_dir) / "runs" / "teacher"
+    if not names and res is not None:
+        names = ["cdkd-paper"]  # a resolution alone is checked against the teacher's as a distilled student
+    for name in dict.fromkeys(names):
+        try:
+            cfg = student_config(preset, name, res or teacher.model.input_size[0], seed, teacher_dir, device=device)
+        except ConfigError as err:
+            raise ConfigError(f"parameters res={res}, variant '{name}': {err}") from None
+        if name.startswith("share-"):
+            d = cfg.distill
+            active = (d.feature != "none") + (d.logit != "none")
+            if not 0 < cfg.distill.calibrate_share < 1 / max(active, 1):
+                raise ConfigError(f"share {cfg.distill.calibrate_share:g} is out of range: with {active} distillation "
+                                  f"terms each term's share must lie in (0, {1 / max(active, 1):g}); 0 is the baseline")
+    out = Path(out_dir)
+    if hold:
+        hold_folder(out)
+    return out
 
 
 def ensure_data(data_root: str | Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> Path:

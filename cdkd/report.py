@@ -64,10 +64,30 @@ def is_study_arm(record: dict) -> bool:
     return record["label"] != "teacher" and not record["label"].startswith("sweep:")
 
 
-def load_runs(root: str | Path) -> list[dict]:
-    """Every ``metrics.json`` below ``root`` with its run folder, label, resolution and seed."""
+def _only(only) -> set[str] | None:
+    """``'teacher,r32_s0_baseline'`` (or a list) as a set of run folder names; None for '' / None (all)."""
+    names = [n.strip() for n in only.split(",")] if isinstance(only, str) else list(only or ())
+    names = [n for n in names if n]
+    return set(names) if names else None
+
+
+def ignored_runs(root: str | Path, only) -> list[str]:
+    """The finished runs below ``root`` that ``only`` leaves out (folder names, sorted)."""
+    keep = _only(only)
+    found = [p.parent.relative_to(root).as_posix() for p in sorted(Path(root).rglob("metrics.json"))]
+    return [] if keep is None else [name for name in found if name not in keep]
+
+
+def load_runs(root: str | Path, only=None) -> list[dict]:
+    """Every ``metrics.json`` below ``root`` with its run folder, label, resolution and seed.
+
+    ``only``: run folder names (relative to ``root``, comma-separated or a list) to keep, e.g. the
+    runs one ``reproduce`` call asked for; '' or None keeps every run."""
+    keep = _only(only)
     runs = []
     for path in sorted(Path(root).rglob("metrics.json")):
+        if keep is not None and path.parent.relative_to(root).as_posix() not in keep:
+            continue
         with open(path) as f:
             record = json.load(f)
         if "metrics" not in record or "model" not in record:
@@ -424,10 +444,13 @@ def bar_table(runs: list[dict], dataset: str) -> dict[str, dict[str, tuple[float
 
 
 def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd results",
-                  note: str = "") -> Path:
-    """``summary.md``: the results table (mean ± std over seeds), the paper's numbers, the verdict."""
+                  note: str = "", only=None) -> Path:
+    """``summary.md``: the results table (mean ± std over seeds), the paper's numbers, the verdict.
+
+    ``only``: the run folders to count (:func:`load_runs`); the others found are listed as ignored."""
     out_dir = Path(out_dir)
-    runs = load_runs(out_dir / "runs")
+    runs = load_runs(out_dir / "runs", only)
+    ignored = ignored_runs(out_dir / "runs", only)
     if not runs:
         raise FileNotFoundError(f"no finished runs (metrics.json) under {out_dir / 'runs'}")
     protocol = next((r["protocol"] for r in runs if r.get("protocol")), {})
@@ -480,6 +503,9 @@ def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd
     lines += ["## Runs", ""]
     lines += [f"- `{Path(r['run_dir']).relative_to(out_dir) if Path(r['run_dir']).is_relative_to(out_dir) else r['run_dir']}`"
               f": {r['label']}, {r['resolution']}x{r['resolution']}, seed {r['seed']}" for r in runs]
+    if ignored:
+        lines += ["", f"Found under `runs/` and not counted (not asked for by this call): "
+                      + ", ".join(f"`{name}`" for name in ignored) + "."]
     path = out_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
     return path
