@@ -86,6 +86,20 @@ def test_cache_is_reused_and_rebuilt_when_the_images_change(tmp_path):
         assert_same(a, b)
 
 
+def test_an_image_changed_after_caching_is_read_from_its_file(tmp_path):
+    import cv2
+
+    root = tmp_path / "synth"
+    synthesize(root, train=4, val=2, seed=4)
+    cached = build_dataset(tiny(root), "train")
+    image = cached.records[0].image
+    assert cached.decoded.get(image) is not None
+    cv2.imwrite(image, cv2.flip(cv2.imread(image), 1))  # another picture under the same name
+    assert cached.decoded.get(image) is None
+    plain = build_dataset(tiny(root, "data.cache=none"), "train")
+    assert_same(samples(plain, [0])[0], samples(cached, [0])[0])
+
+
 def test_cache_size_limit_and_cache_dir(tmp_path, synth):
     with pytest.warns(UserWarning, match="data.cache_max_gb"):
         ds = build_dataset(tiny(synth, "data.cache_max_gb=0.000001", f"data.cache_dir={tmp_path}/c1"), "train")

@@ -89,7 +89,7 @@ def normalize(crop: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-CACHE_VERSION = 1  # bump when the cache layout or the decoding changes
+CACHE_VERSION = 2  # bump when the cache layout or the decoding changes
 
 
 class DecodedImages:
@@ -101,25 +101,32 @@ class DecodedImages:
 
     Args:
         path: the ``.bin`` file (images back to back, row-major [H, W, 3]).
-        index: image path -> (byte offset, H, W).
+        index: image path -> (byte offset, H, W, file size, file mtime_ns) of the decoded file.
     """
 
-    def __init__(self, path: str | Path, index: dict[str, tuple[int, int, int]]) -> None:
+    def __init__(self, path: str | Path, index: dict[str, tuple[int, ...]]) -> None:
         self.path = str(path)
         self.index = index
         self._data: np.ndarray | None = None
 
-    def __contains__(self, image: str) -> bool:
-        return image in self.index
-
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, image: str) -> np.ndarray:
-        """The decoded image [H, W, 3] uint8 (a read-only view of the mapped file)."""
+    def get(self, image: str) -> np.ndarray | None:
+        """The decoded image [H, W, 3] uint8 (a read-only view of the mapped file), or None when it
+        is not cached or its file changed since (size or modification time: read the file then)."""
+        entry = self.index.get(image)
+        if entry is None:
+            return None
+        offset, h, w, size, mtime = entry
+        try:
+            st = os.stat(image)
+        except OSError:
+            return None
+        if st.st_size != size or st.st_mtime_ns != mtime:
+            return None
         if self._data is None:
             self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        offset, h, w = self.index[image]
         return self._data[offset: offset + h * w * 3].reshape(h, w, 3)
 
     def __getstate__(self) -> dict:  # a spawned worker maps the file itself
@@ -176,8 +183,9 @@ def decoded_images(records: Sequence[PersonRecord], cache_dir: str | Path, name:
         with open(tmp, "wb") as f:
             for image in images:
                 try:
+                    st = os.stat(image)
                     array = read_image(image)
-                except DataError:
+                except (OSError, DataError):
                     continue  # __getitem__ reads it again and reports it
                 if offset + array.nbytes > max_bytes:
                     f.close()
@@ -186,7 +194,7 @@ def decoded_images(records: Sequence[PersonRecord], cache_dir: str | Path, name:
                                   "'data.cache_max_gb'); reading the image files instead", stacklevel=2)
                     return None
                 f.write(np.ascontiguousarray(array).tobytes())
-                index[image] = (offset, array.shape[0], array.shape[1])
+                index[image] = (offset, array.shape[0], array.shape[1], st.st_size, st.st_mtime_ns)
                 offset += array.nbytes
         os.replace(tmp, bin_path)
         tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
@@ -328,8 +336,9 @@ class TopDownDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         rec = self.records[index]
         try:
-            image = self.decoded[rec.image] if self.decoded is not None and rec.image in self.decoded \
-                else read_image(rec.image)
+            image = self.decoded.get(rec.image) if self.decoded is not None else None
+            if image is None:
+                image = read_image(rec.image)
         except DataError as err:
             if self.on_bad == "error":
                 raise DataError(f"{err} (record #{index}, image id {rec.image_id}, annotation id {rec.ann_id})") from None
