@@ -34,7 +34,7 @@ an hrnet_w8_tiny teacher at 128, k=2) and the paper's sizes (HRNet-W32 student a
 
     python benchmarks/train_step.py [--quick | --tiny] [--device cpu|cuda] [--data data/bench]
 
-``--quick``: 10-step slices, 3 rounds, 400 persons, demo sizes only in part 2 (a few minutes on 2
+``--quick``: 10-step slices, 3 rounds (none started after 150 s of measuring), 400 persons, demo sizes only in part 2 (a few minutes on 2
 cores); ``--tiny``: a smoke test of every code path (seconds; numbers meaningless).
 """
 
@@ -55,6 +55,7 @@ import torch
 from benchmarks.common import measure, parse_args, round_to, write_result
 
 TARGET_OVERHEAD = 1.2
+QUICK_BUDGET_S = 150  # quick mode starts no further round after this (a loaded machine slows the old pipeline 10x)
 TARGETS = {"speedup_distill": 2.0, "speedup_baseline": 1.5, "distill_over_baseline": 1.7}  # issue 21
 
 
@@ -302,10 +303,15 @@ def whole_steps(args, work: Path) -> dict:
         t.cfg.train.max_steps_per_epoch = steps
     seconds: dict[str, list[float]] = {name: [] for name in built}
     before, load = cpu_times(), Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    measuring = time.perf_counter()
     for r in range(rounds):
+        if r > 0 and args.quick and time.perf_counter() - measuring > QUICK_BUDGET_S:
+            print(f"quick mode: {r} rounds in {time.perf_counter() - measuring:.0f} s, stopping", file=sys.stderr)
+            break
         for name, t in built.items():
             seconds[name].append(epoch_slice(t, 1 + r, recorders[name]))
             print(f"round {r + 1}/{rounds} {name}: {seconds[name][-1]:.2f} s", file=sys.stderr)
+    rounds = len(next(iter(seconds.values())))
     shares = cpu_shares(before, cpu_times())
     for recorder in recorders.values():
         recorder.close()
