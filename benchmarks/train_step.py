@@ -34,8 +34,9 @@ an hrnet_w8_tiny teacher at 128, k=2) and the paper's sizes (HRNet-W32 student a
 
     python benchmarks/train_step.py [--quick | --tiny] [--device cpu|cuda] [--data data/bench]
 
-``--quick``: 10-step slices, 3 rounds (none started after 150 s of measuring), 400 persons, demo sizes only in part 2 (a few minutes on 2
-cores); ``--tiny``: a smoke test of every code path (seconds; numbers meaningless).
+``--quick``: 10-step slices, 3 rounds (none started after 150 s of measuring), 400 persons, demo
+sizes only in part 2 (a few minutes on 2 cores); ``--tiny``: a smoke test of every code path
+(seconds; numbers meaningless).
 """
 
 from __future__ import annotations

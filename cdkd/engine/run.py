@@ -68,8 +68,9 @@ def thread_policy(cfg: Config, cores: int | None = None) -> dict:
 
     Returns:
         ``{'setting', 'cores', 'workers', 'threads', 'processes', 'fits'}``; ``fits`` is False when
-        the trainer's threads plus one per worker exceed the cores (e.g. 2 workers on 2 cores, where even one thread each
-        is one process too many; the workers then mostly wait on a full prefetch queue).
+        the trainer's threads plus one per worker exceed the cores (e.g. 2 workers on 2 cores, where
+        even one thread each is one process too many; the workers then mostly wait on a full
+        prefetch queue).
     """
     cores = usable_cores() if cores is None else int(cores)
     workers = int(cfg.data.workers)
