@@ -33,6 +33,8 @@ def cases(quick: bool) -> list[dict]:
         {"name": "baseline: student 64 only", "student": 64, "teacher": None, "k": 2.0},
         {"name": "demo: student 32 + teacher 128", "student": 32, "teacher": 128, "k": 2.0},
         {"name": "demo: student 64 + teacher 128", "student": 64, "teacher": 128, "k": 2.0},
+        {"name": "demo: student 64 + teacher 128, decoded cache", "student": 64, "teacher": 128, "k": 2.0,
+         "cache": "decoded"},
         {"name": "paper: student 64 + teacher 256", "student": 64, "teacher": 256, "k": 3.0},
     ]
     if not quick:
@@ -41,12 +43,14 @@ def cases(quick: bool) -> list[dict]:
 
 
 def dataset_for(root: Path, case: dict):
-    """The training dataset (augmentation on) of a case, over the synthetic COCO-style set."""
+    """The training dataset (augmentation on) of a case, over the synthetic COCO-style set (each
+    sample decodes its JPEG, or with ``cache: decoded`` crops the images decoded once)."""
     from cdkd.config import load_config
     from cdkd.data.topdown import build_dataset
 
     cfg = load_config(None, [f"data.root={root / 'coco'}", "data.dataset=coco", "data.train_set=train",
-                             "data.half_body_prob=0.3", "data.scale_factor=0.35", "data.rotation_factor=45"])
+                             "data.half_body_prob=0.3", "data.scale_factor=0.35", "data.rotation_factor=45",
+                             f"data.cache={case.get('cache', 'none')}", f"data.cache_dir={root / 'cache'}"])
     s, t = case["student"], case["teacher"]
     return build_dataset(cfg, "train", (s, s), case["k"], teacher_size=None if t is None else (t, t), train=True)
 
@@ -54,7 +58,7 @@ def dataset_for(root: Path, case: dict):
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(__doc__.split("\n")[0], argv)
-    from cdkd.data import synthesize
+    from cdkd.data.synthetic import synthesize
     from cdkd.data.topdown import read_image
 
     persons = 150 if args.quick else 600

@@ -62,6 +62,9 @@ class DataConfig:
     num_joints_half_body: int = 8
     on_bad: str = "error"  # error | skip: what a bad image or annotation does
     workers: int = 2
+    cache: str = "decoded"  # decoded: images decoded once into a file under cache_dir (same crops, faster) | none
+    cache_dir: str = ""  # where the decoded images go; "" = ROOT/.cache (data/synth/mpii/.cache for the demo)
+    cache_max_gb: float = 16.0  # a larger split is not cached (a warning says so)
     max_samples: int = 0  # >0 keeps only the first N persons of each split (tiny runs)
 
 
@@ -115,6 +118,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
+    threads: str = "auto"  # torch intra-op threads: auto (cores // (1 + data.workers), at least 1) or a number
     deterministic: bool = True
     max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)
     log_every: int = 10
@@ -302,6 +306,7 @@ def load_config(name_or_path: str | Path | dict | None = None, overrides: list[s
 _CHOICES = {
     "data.dataset": ("coco", "mpii"),
     "data.on_bad": ("error", "skip"),
+    "data.cache": ("none", "decoded"),
     "loss.kind": ("mean", "sum"),
     "distill.fidelity": ("paper", "official"),
     "distill.feature": ("sape", "conv", "fc", "none"),
@@ -375,6 +380,10 @@ def _validate_values(cfg: Config) -> None:
         "train.lr_factor": (cfg.train.lr_factor, lambda v: math.isfinite(v) and v > 0, "must be a finite number > 0"),
         "train.val_every": (cfg.train.val_every, lambda v: v > 0, "must be positive"),
         "data.max_samples": (cfg.data.max_samples, lambda v: v >= 0, "must be 0 (all) or more"),
+        "data.cache_max_gb": (cfg.data.cache_max_gb, lambda v: math.isfinite(v) and v >= 0,
+                              "must be a finite number >= 0"),
+        "train.threads": (cfg.train.threads, lambda v: v == "auto" or (v.isdigit() and int(v) > 0),
+                          "must be 'auto' or a positive integer"),
     }
     for key, (value, ok, rule) in checks.items():
         if not ok(value):

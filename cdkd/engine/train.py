@@ -224,7 +224,15 @@ def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: Di
         pin_memory=device.type == "cuda",
         drop_last=len(dataset) > per_rank,
         persistent_workers=False,
+        worker_init_fn=single_thread_worker,
     )
+
+
+def single_thread_worker(worker_id: int) -> None:
+    """A loader worker computes with one torch thread: the cores belong to the trainer and the other
+    workers (:func:`cdkd.engine.run.thread_policy`). OpenCV's pool is left alone: reconfiguring it in
+    a forked worker deadlocks (``cv2.setNumThreads`` waits on the parent's pool threads)."""
+    torch.set_num_threads(1)
 
 
 def compute_losses(
@@ -253,11 +261,22 @@ def compute_losses(
         terms = {"task": parts["task"].detach(), "feature": zero, "feature_weighted": zero, "logit": zero,
                  "logit_weighted": zero}
         return total, terms, parts
-    teacher_image = batch["teacher_image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    with torch.no_grad(), autocast(cfg, device):
-        teacher_out = teacher(teacher_image)
+    teacher_out = teacher_forward(teacher, batch["teacher_image"].to(device, non_blocking=True), cfg, device)
     step = distiller(out, teacher_out, weight, task, cfg.loss.weight)
     return step.total, step.terms, step.parts
+
+
+def teacher_forward(teacher: nn.Module, image: torch.Tensor, cfg: Config, device: torch.device):
+    """The frozen teacher's outputs for a batch of teacher crops [B, 3, H, W], without autograd state.
+
+    ``inference_mode`` skips the version counters and view tracking that ``no_grad`` still keeps
+    (1.10x on the demo teacher's forward, issue 21); its tensors cannot enter an autograd graph, so
+    the outputs (a few MB) are cloned out of it. The values equal those of the ``no_grad`` forward.
+    """
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    with torch.inference_mode(), autocast(cfg, device):
+        out = teacher(image.contiguous(memory_format=fmt))
+    return type(out)(*(t.clone() for t in out))
 
 
 def sync_distiller_grads(distiller: Distiller | None, dist: DistInfo) -> None:

@@ -1,0 +1,55 @@
+"""Smoke tests of the benchmark scripts: each runs in its cheapest mode and writes its result file,
+so that an engine change that breaks a script fails here (train_step.py once broke silently when
+``compute_losses`` changed its arguments). No speed is asserted: the numbers are the scripts' job."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_train_step_tiny_compares_the_pipelines(tmp_path):
+    run_script("train_step.py", "--tiny", "--threads", "1", "--out", str(tmp_path / "out"),
+               "--data", str(tmp_path / "data"))
+    result = json.loads((tmp_path / "out" / "train_step.json").read_text())
+    assert result["benchmark"] == "train_step" and result["quick"] is True
+    size = result["summary"]["whole_steps"]["32"]
+    rates = {(m, p): size[f"samples_per_s_{m}_{p}"] for m in ("baseline", "distill") for p in ("old", "new")}
+    assert all(v > 0 for v in rates.values()), rates
+    # the ratios are the rates' ratios (3 significant digits)
+    assert size["speedup_distill"] == pytest.approx(rates["distill", "new"] / rates["distill", "old"], rel=0.01)
+    assert size["speedup_baseline"] == pytest.approx(rates["baseline", "new"] / rates["baseline", "old"], rel=0.01)
+    assert size["distill_over_baseline"] == pytest.approx(rates["baseline", "new"] / rates["distill", "new"], rel=0.01)
+    steal = result["summary"]["steal_share"]
+    assert steal is None or 0.0 <= steal <= 1.0
+    whole = result["settings"]["whole_steps"]
+    assert whole["pipelines"]["new"] == ["data.cache=decoded", "train.threads=auto"]
+    assert whole["pipelines"]["old"][0] == "data.cache=none"
+    assert whole["thread_policy"]["new"]["setting"] == "auto"
+    assert set(result["summary"]["targets_met"]) == {f"{k} at 32" for k in
+                                                     ("speedup_distill", "speedup_baseline", "distill_over_baseline")}
+    assert [r[:2] for r in result["tables"][0]["rows"]] == [[32, "baseline"], [32, "distill"]]
+    assert result["tables"][1]["rows"][0][0] == "demo 32 <- 128"  # part 2: model steps on random inputs
+    assert (tmp_path / "data" / "synth-24" / "mpii" / ".cache").is_dir()  # the new pipeline's decoded images
+
+
+def test_data_pipeline_quick_and_the_report(tmp_path):
+    out = tmp_path / "out"
+    run_script("data_pipeline.py", "--quick", "--out", str(out))
+    result = json.loads((out / "data_pipeline.json").read_text())
+    names = [row[0] for row in result["tables"][0]["rows"]]
+    assert "demo: student 64 + teacher 128, decoded cache" in names
+    assert all(row[3] > 0 for row in result["tables"][0]["rows"])
+    run_script("report.py", "--out", str(out))
+    assert "Data pipeline" in (out / "README.md").read_text()

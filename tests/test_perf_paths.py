@@ -1,0 +1,184 @@
+"""The faster training paths of issue 21 give the same numbers as the paths they replace.
+
+- decoded-image cache (``data.cache=decoded``): the same samples, bit for bit, as decoding each
+  JPEG; rebuilt when the images change, skipped above its size limit;
+- the look-up ``normalize``: the same bits as the formula;
+- the teacher forward under ``inference_mode``: the same outputs as under ``no_grad``, usable in
+  the distillation losses' graph;
+- the thread policy (``train.threads``): threads that fit the cores, recorded in ``environment.json``.
+"""
+
+import json
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from cdkd.config import ConfigError, load_config
+from cdkd.data.synthetic import synthesize
+from cdkd.data.topdown import IMAGENET_MEAN, IMAGENET_STD, build_dataset, normalize
+from cdkd.engine.run import setup_run, thread_policy
+
+
+def tiny(root, *overrides):
+    return load_config("tiny_student", [f"data.root={root}/mpii", "data.max_samples=0", *overrides])
+
+
+def samples(ds, indices):
+    """Training samples with the same augmentation draws (torch seeds the per-sample generator)."""
+    out = []
+    for i in indices:
+        torch.manual_seed(1000 + i)
+        out.append(ds[i])
+    return out
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def cache_files(root):
+    return sorted(p.name for p in (root / "mpii" / ".cache").glob("decoded-*"))
+
+
+def test_decoded_cache_gives_the_same_samples(synth):
+    plain = build_dataset(tiny(synth, "data.cache=none"), "train")
+    cached = build_dataset(tiny(synth, "data.cache=decoded"), "train")
+    assert plain.decoded is None and cached.decoded is not None
+    assert len(cached.decoded) == len({r.image for r in cached.records})  # every image decoded once
+    assert len(cached) == len(plain) > 20
+    idx = range(len(plain))
+    for a, b in zip(samples(plain, idx), samples(cached, idx)):
+        assert_same(a, b)
+    assert "teacher_image" in a and a["teacher_image"].shape == (3, 64, 64)
+    val_plain = build_dataset(tiny(synth, "data.cache=none"), "val")
+    val_cached = build_dataset(tiny(synth, "data.cache=decoded"), "val")
+    for i in range(len(val_plain)):
+        assert_same(val_plain[i], val_cached[i])
+
+
+def test_cache_is_reused_and_rebuilt_when_the_images_change(tmp_path):
+    root = tmp_path / "synth"
+    synthesize(root, train=6, val=2, seed=1)
+    cfg = tiny(root)
+    first = build_dataset(cfg, "train")
+    files = cache_files(root)
+    assert len(files) == 2 and all(n.startswith("decoded-mpii-train-") for n in files)
+    stamp = {n: os.stat(root / "mpii" / ".cache" / n).st_mtime_ns for n in files}
+    again = build_dataset(cfg, "train")  # same images: the files are read, not written
+    assert cache_files(root) == files
+    assert {n: os.stat(root / "mpii" / ".cache" / n).st_mtime_ns for n in files} == stamp
+    assert again.decoded.index == first.decoded.index
+
+    synthesize(root, train=6, val=2, seed=2)  # other generator settings: other images, same names
+    rebuilt = build_dataset(cfg, "train")
+    new_files = cache_files(root)
+    assert len(new_files) == 2 and not set(new_files) & set(files)  # the stale cache is gone
+    plain = build_dataset(tiny(root, "data.cache=none"), "train")
+    for a, b in zip(samples(plain, range(len(plain))), samples(rebuilt, range(len(plain)))):
+        assert_same(a, b)
+
+
+def test_an_image_changed_after_caching_is_read_from_its_file(tmp_path):
+    import cv2
+
+    root = tmp_path / "synth"
+    synthesize(root, train=4, val=2, seed=4)
+    cached = build_dataset(tiny(root), "train")
+    image = cached.records[0].image
+    assert cached.decoded.get(image) is not None
+    cv2.imwrite(image, cv2.flip(cv2.imread(image), 1))  # another picture under the same name
+    assert cached.decoded.get(image) is None
+    plain = build_dataset(tiny(root, "data.cache=none"), "train")
+    assert_same(samples(plain, [0])[0], samples(cached, [0])[0])
+
+
+def test_cache_size_limit_and_cache_dir(tmp_path, synth):
+    with pytest.warns(UserWarning, match="data.cache_max_gb"):
+        ds = build_dataset(tiny(synth, "data.cache_max_gb=0.000001", f"data.cache_dir={tmp_path}/c1"), "train")
+    assert ds.decoded is None and not list((tmp_path / "c1").glob("decoded-*"))
+    ds[0]  # the image files are read instead
+    ds = build_dataset(tiny(synth, f"data.cache_dir={tmp_path}/c2"), "train")
+    assert ds.decoded is not None and len(list((tmp_path / "c2").glob("decoded-mpii-train-*"))) == 2
+
+
+def test_cache_setting_is_checked():
+    with pytest.raises(ConfigError, match="data.cache"):
+        load_config("tiny_student", ["data.cache=ram"])
+    with pytest.raises(ConfigError, match="data.cache_max_gb"):
+        load_config("tiny_student", ["data.cache_max_gb=-1"])
+
+
+def test_normalize_table_equals_the_formula():
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((128, 128), (32, 24), (1, 1))]
+    crops.append(np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3).astype(np.uint8))  # every value, every channel
+    for crop in crops:
+        formula = (crop.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD  # [h, w, 3]
+        expected = torch.from_numpy(np.ascontiguousarray(formula.transpose(2, 0, 1)))
+        got = normalize(crop)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert torch.equal(got, expected)
+
+
+def test_teacher_forward_equals_no_grad_and_enters_the_loss_graph():
+    from cdkd.engine.train import teacher_forward
+    from cdkd.models import build_pose_model
+
+    cfg = load_config("tiny_student")
+    torch.manual_seed(0)
+    teacher = build_pose_model("hrnet_w8_tiny", 16, (64, 64), 2.0).eval().requires_grad_(False)
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        reference = teacher(image)
+    out = teacher_forward(teacher, image, cfg, torch.device("cpu"))
+    for a, b in zip(out, reference):
+        assert torch.equal(a, b) and not a.is_inference()
+    student_feature = torch.randn_like(out.feature, requires_grad=True)
+    loss = 1 - torch.nn.functional.cosine_similarity(student_feature.flatten(1), out.feature.flatten(1)).mean()
+    loss.backward()  # inference tensors would refuse to be saved for backward
+    assert student_feature.grad is not None and torch.isfinite(student_feature.grad).all()
+
+
+@pytest.mark.parametrize("cores, workers, threads, fits", [
+    (2, 2, 1, False), (2, 1, 1, True), (2, 0, 2, True), (8, 3, 2, True), (16, 0, 16, True), (1, 0, 1, True),
+])
+def test_auto_threads_fit_the_cores(cores, workers, threads, fits):
+    cfg = load_config("tiny_student", [f"data.workers={workers}"])
+    policy = thread_policy(cfg, cores=cores)
+    assert policy["threads"] == threads and policy["fits"] is fits
+    assert policy["processes"] == 1 + workers and policy["setting"] == "auto"
+    if fits:
+        assert policy["threads"] + workers <= cores
+
+
+def test_explicit_threads_and_bad_values():
+    assert thread_policy(load_config("tiny_student", ["train.threads=3"]), cores=2)["threads"] == 3
+    for bad in ("0", "many", "-1"):
+        with pytest.raises(ConfigError, match="train.threads"):
+            load_config("tiny_student", [f"train.threads={bad}"])
+
+
+def test_run_records_its_thread_policy(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config("tiny_student", ["data.workers=0", "train.threads=1"])
+        run = setup_run(cfg, tmp_path / "run")
+        env = json.loads((run / "environment.json").read_text())
+        assert env["thread_policy"]["threads"] == 1 == torch.get_num_threads() == env["torch_threads"]
+        assert env["thread_policy"]["cores"] == len(os.sched_getaffinity(0))
+        cfg = load_config("tiny_student", ["data.workers=0"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = json.loads((setup_run(cfg, tmp_path / "auto") / "environment.json").read_text())
+        assert env["thread_policy"]["setting"] == "auto"
+        assert env["thread_policy"]["threads"] == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
