@@ -67,7 +67,7 @@ class DistillStep(NamedTuple):
             'logit_weighted', 'tau', 'xi', 'alpha', 'beta' and, with an SAU, 'sau_w0'.. (mean
             weight of each candidate over the batch and the joints).
         parts: the weighted terms of Eq. 8 with their graphs ('task', 'feature', 'logit'), for
-            measuring each term's gradient (:mod:`cdkd.diagnose`).
+            measuring each term's gradient (:mod:`cdkd.distill.shares`).
     """
 
     total: Tensor

@@ -36,6 +36,8 @@ from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
+from cdkd.distill.shares import adam_second_moment, part_gradients, shares_from
+from cdkd.engine.calibrate import calibrate
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
 from cdkd.engine.recorder import Recorder, trim_records
@@ -67,6 +69,14 @@ class Training:
     def bare_model(self) -> nn.Module:
         """The plain pose model under torch.compile / DistributedDataParallel wrappers."""
         return unwrap(self.model)
+
+    def loader(self, epoch: int) -> DataLoader:
+        """The training loader of ``epoch`` (:func:`make_loader`)."""
+        return make_loader(self.train_set, self.cfg, epoch, self.device, self.dist)
+
+    def losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:func:`compute_losses` of ``batch`` with this run's models."""
+        return compute_losses(self.model, batch, self.cfg, self.device, self.teacher, self.distiller)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -172,11 +182,10 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
 
 def calibrate_weights(t: Training) -> None:
     """Set alpha and beta so that each distillation term has ``distill.calibrate_share`` of the update
-    (:func:`cdkd.diagnose.calibrate`), from the first training batches; the model and distiller
+    (:func:`cdkd.engine.calibrate.calibrate`), from the first training batches; the model and distiller
     states (BatchNorm statistics) are restored afterwards, and the chosen values are written into
     the run's resolved ``config.yaml``. Deterministic, so a resumed run recomputes the same values."""
     from cdkd.config import save_config
-    from cdkd.diagnose import calibrate
 
     d = t.cfg.distill
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in (t.bare_model, t.distiller)]
@@ -233,7 +242,7 @@ def compute_losses(
     distiller: Distiller | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward the student (and, with a distiller, the teacher); return L_total (Eq. 8), the logged
-    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.diagnose`)."""
+    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.distill.shares`)."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     tx = batch["target_x"].to(device, non_blocking=True)
@@ -334,8 +343,6 @@ def measure_shares(model: nn.Module, distiller: Distiller | None, dist: DistInfo
     """Before the step's backward: the gradients of the feature and logit parts of Eq. 8 on the
     student (two extra backward passes, only on logged steps). None where it does not apply
     (DDP, or a baseline whose distillation parts are zeros)."""
-    from cdkd.diagnose import part_gradients
-
     if dist.enabled or distiller is None:
         return None
     params = [p for p in unwrap(model).parameters() if p.requires_grad]  # the student's, not the distiller's
@@ -344,9 +351,7 @@ def measure_shares(model: nn.Module, distiller: Distiller | None, dist: DistInfo
 
 def finish_shares(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pending: dict) -> dict[str, float]:
     """After the backward: the task part's gradient is the total minus the other two (Eq. 8 is a
-    sum); the shares use Adam's own second moment (see :mod:`cdkd.diagnose`)."""
-    from cdkd.diagnose import adam_second_moment, shares_from
-
+    sum); the shares use Adam's own second moment (see :mod:`cdkd.distill.shares`)."""
     params, grads = pending["params"], pending["grads"]
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     total = [(p.grad.detach() / scale) if p.grad is not None else torch.zeros_like(p) for p in params]
