@@ -117,6 +117,9 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)
     log_every: int = 10
     log_shares: bool = True  # steps.csv: each Eq. 8 term's share of the update on logged steps (2 extra backwards)
+    # how progress shows (not a result): bar (tqdm.auto: a widget in JupyterLab, text in a terminal) | lines (a line
+    # every 30 s: papermill --log-output, log files) | none. cdkd.engine.progress
+    progress: str = "bar"
     val_every: int = 1
     out_dir: str = "runs"
     run_name: str = ""  # default: derived from mode, archs, sizes, dataset and seed
@@ -313,6 +316,7 @@ _CHOICES = {
     "distill.merge": ("integer", "overlap", "centred"),
     "train.mode": ("teacher", "baseline", "distill"),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.progress": ("bar", "lines", "none"),
     "train.optimizer": ("adam", "adamw", "sgd"),
     "eval.flip_shift": ("exact", "official"),
     "eval.mean_at_01": ("simcc", "hrnet"),

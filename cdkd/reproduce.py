@@ -86,7 +86,8 @@ ABLATION_LIST = "projector-ensemble,sape,necm,cca-etht,conv-feature,fc-feature,f
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     """(notebook, executed copy name, parameters) in order."""
     common = {"preset": args.preset, "data_root": args.data_root, "out_dir": args.out, "device": args.device,
-              "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val}
+              "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val,
+              "progress": "lines"}  # train.progress: lines that --log-output streams
     steps = [
         ("01_data.ipynb", "01_data.ipynb", {**common, "res": args.res[-1]}),
         ("02_teacher.ipynb", "02_teacher.ipynb", common),

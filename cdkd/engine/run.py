@@ -27,7 +27,7 @@ RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
 # resumed or reused): the device, loader workers, logging interval and folder names.
 NON_RESULT_KEYS = frozenset({"name", "train.device", "data.workers", "train.log_every", "train.out_dir",
-                             "train.run_name"})
+                             "train.run_name", "train.progress"})
 
 PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pycocotools", "scipy", "cdkd")
 

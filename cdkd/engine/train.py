@@ -27,7 +27,6 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
@@ -40,6 +39,7 @@ from cdkd.distill.shares import adam_second_moment, part_gradients, shares_from
 from cdkd.engine.calibrate import calibrate
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
+from cdkd.engine.progress import loader_batches, progress_bar, say
 from cdkd.engine.recorder import Recorder, trim_records
 from cdkd.engine.resume import check_resume, resume_state, save_state
 from cdkd.engine.run import atomic_write_text, epoch_seed, run_files, seed_everything, setup_run
@@ -198,8 +198,8 @@ def calibrate_weights(t: Training) -> None:
     d.alpha, d.beta = alpha, beta
     if t.dist.is_main:
         save_config(t.cfg, t.run_dir / "config.yaml")
-    tqdm.write(f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
-               f"alpha = {alpha:.4g}, beta = {beta:.4g}")
+    say(t.cfg.train.progress, f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
+        f"alpha = {alpha:.4g}, beta = {beta:.4g}")
 
 
 def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Distiller:
@@ -301,37 +301,34 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # the shares are measured on logged steps only
     done = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main,
-               dynamic_ncols=True, leave=False)
     start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        if i >= steps:
-            break
-        loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
-        log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
-        shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
-        # one device->host copy per step for every logged term (not one sync per term)
-        names = [*terms, "loss"]
-        values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
-        if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if shares is not None:
-            values.update(finish_shares(optimizer, scaler, shares))
-        sync_distiller_grads(distiller, dist)
-        scaler.step(optimizer)
-        scaler.update()
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-        if log_now:
-            values["lr"] = optimizer.param_groups[0]["lr"]
-            recorder.step(epoch * steps + i, epoch, values)
-        bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
-        bar.update(1)
-        done += 1
-    bar.close()
+    with progress_bar(cfg.train.progress, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main) as bar, \
+            loader_batches(loader, steps) as batches:  # its workers are shut down however the loop ends
+        for i, batch in enumerate(batches):
+            loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
+            log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
+            shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
+            # one device->host copy per step for every logged term (not one sync per term)
+            names = [*terms, "loss"]
+            values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if shares is not None:
+                values.update(finish_shares(optimizer, scaler, shares))
+            sync_distiller_grads(distiller, dist)
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if log_now:
+                values["lr"] = optimizer.param_groups[0]["lr"]
+                recorder.step(epoch * steps + i, epoch, values)
+            bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
+            bar.update(1)
+            done += 1
     n = max(1, done)
     means = {k: v / counts[k] for k, v in sums.items()}
     means["samples_per_s"] = n * loader.batch_size * dist.world_size / max(time.perf_counter() - start, 1e-9)
@@ -487,8 +484,8 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                 save_state(t.run_dir / "last.pth", epoch, t.bare_model, t.optimizer, t.scheduler, t.scaler, cfg,
                            best, history, t.distiller)
                 summary = record.get("val", {}).get("main")
-                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
-                           + (f", val {summary:.3f}" if summary is not None else ""))
+                say(cfg.train.progress, f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
+                    + (f", val {summary:.3f}" if summary is not None else ""))
         if t.dist.is_main and history and end == cfg.train.epochs:
             final = dict(history[-1].get("val", {}))
             accepted = [{"epoch": h["epoch"], "changes": h["config_changes"]}
