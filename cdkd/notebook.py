@@ -7,7 +7,8 @@ project's ``pyproject.toml`` and ``notebooks/``), never against the kernel's wor
 
 Folders (all relative to the root unless given absolute):
 
-* ``data_root`` defaults to ``data/synth`` (git-ignored);
+* ``data_root`` left empty means the synthetic set of the notebook's size, one folder per size
+  (``data/synth-n{train}-{val}-s{seed}``, git-ignored; :func:`cdkd.pipeline.ensure_data`);
 * ``out_dir`` left empty means ``runs/<preset>`` (git-ignored); ``python -m cdkd reproduce`` passes
   ``results/<preset>`` explicitly, so nothing a user runs by hand writes into the committed ``results/``.
 
@@ -55,8 +56,11 @@ def repo_root(start: str | Path | None = None) -> Path:
     return here
 
 
-def resolve(path: str | Path, root: str | Path | None = None) -> Path:
-    """``path`` made absolute: kept when absolute, else taken relative to the repository root."""
+def resolve(path: str | Path, root: str | Path | None = None) -> Path | str:
+    """``path`` made absolute: kept when absolute, else taken relative to the repository root. An
+    empty ``path`` stays ``""`` (a default chosen later, e.g. :func:`cdkd.pipeline.ensure_data`'s)."""
+    if not str(path).strip():
+        return ""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (Path(root) if root else repo_root()) / p
 
@@ -66,8 +70,9 @@ def default_out_dir(out_dir: str | Path, preset: str, root: str | Path | None = 
     return resolve(out_dir if str(out_dir).strip() else Path("runs") / preset, root)
 
 
-def folders(preset: str, data_root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """The (data_root, out_dir) a notebook works in, both absolute; see the module docstring."""
+def folders(preset: str, data_root: str | Path, out_dir: str | Path) -> tuple[Path | str, Path]:
+    """The (data_root, out_dir) a notebook works in, absolute; an empty ``data_root`` stays empty
+    (:func:`cdkd.pipeline.ensure_data` chooses it by size); see the module docstring."""
     return resolve(data_root), default_out_dir(out_dir, preset)
 
 

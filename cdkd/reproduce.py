@@ -178,17 +178,19 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
-    p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")
+    p.add_argument("--data-root", default="", help="data root (default: the synthetic set of the size, "
+                                                   "data/synth-n{train}-{val}-s0, one folder per size)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(6)),
                    help="student seeds; every arm trains each seed (paired) (default: 0-5)")
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
     p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
                    help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
-    p.add_argument("--n-train", type=int, default=1000,
-                   help="synthetic training persons (default: 1000, so that 4 arms x 2 resolutions x 6 seeds fit "
-                        "45 minutes on a 2-core CPU; the notebooks' own default is 4000)")
-    p.add_argument("--n-val", type=int, default=1000, help="synthetic validation persons (default: 1000)")
+    p.add_argument("--n-train", type=int, default=0,
+                   help="synthetic training persons; 0: the preset's (demo 1000, so that 4 arms x 2 resolutions x 6 "
+                        "seeds fit 45 minutes on a 2-core CPU; tiny 30), as in the notebooks (default: 0)")
+    p.add_argument("--n-val", type=int, default=0, help="synthetic validation persons; 0: the preset's (demo 1000, "
+                                                        "tiny 20) (default: 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--shares", default="0,0.15,0.3,0.45",
                    help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
@@ -198,7 +200,6 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
                    help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")
     args = p.parse_args(argv)
     args.out = args.out or f"results/{args.preset}"
-    args.data_root = args.data_root or ("data/tiny" if args.preset == "tiny" else "data/synth")
     cwd = Path.cwd()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """cdkd.notebook: the repository root wherever the kernel runs, default folders, readable progress lines."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,22 @@ def test_shown_writes_paths_relative_to_the_root(tmp_path):
     root = tmp_path / "clone"
     value = {"teacher": root / "runs/demo/runs/teacher", "list": [str(root / "data"), 3], "outside": Path("/elsewhere/x")}
     assert notebook.shown(value, root) == {"teacher": "runs/demo/runs/teacher", "list": ["data", 3], "outside": "/elsewhere/x"}
+
+
+@pytest.mark.parametrize("first", [0, 1])
+def test_the_data_step_for_two_sizes_works_in_either_order(tmp_path, monkeypatch, first):
+    """Notebooks and reproduce asking for different sizes (here tiny's 30 + 20 and 12 + 8 persons)
+    get one folder per size under the root, whichever comes first; asking again reuses it."""
+    from cdkd import pipeline
+
+    monkeypatch.setenv(notebook.ROOT_ENV, str(tmp_path))
+    sizes = [(0, 0), (12, 8)]  # 0: the preset's
+    order = sizes if first == 0 else sizes[::-1]
+    roots = {size: pipeline.ensure_data("", *size, preset="tiny") for size in order}
+    assert roots[(0, 0)] == tmp_path / "data" / "synth-n30-20-s0"
+    assert roots[(12, 8)] == tmp_path / "data" / "synth-n12-8-s0"
+    for size, root in roots.items():
+        summary = json.loads((root / "synth_summary.json").read_text())
+        assert summary["requested"] == dict(zip(("train", "val"), pipeline.synthetic_size("tiny", *size)))
+        assert pipeline.ensure_data("", *size, preset="tiny") == root  # reused
+    assert notebook.folders("tiny", "", "")[0] == ""  # left to ensure_data, not the root itself

@@ -122,7 +122,8 @@ def test_user_command_in_notebooks_folder_writes_only_git_ignored_root_folders(t
                                cwd=str(clone / "notebooks"), progress_bar=False, kernel_name="python3")
     assert sorted(p.name for p in (clone / "notebooks").iterdir()) == ["03_distill.ipynb"]
     assert sorted(p.name for p in clone.iterdir()) == ["data", "notebooks", "pyproject.toml", "runs"]
-    assert (clone / "data/synth/mpii/annot/gt_valid.mat").exists()
+    assert [p.name for p in (clone / "data").iterdir()] == ["synth-n30-20-s0"]
+    assert (clone / "data/synth-n30-20-s0/mpii/annot/gt_valid.mat").exists()  # one folder per size
     assert (clone / "runs/tiny/runs/teacher/best.pth").exists()
     for variant in ("baseline", "cdkd-paper"):
         assert (clone / f"runs/tiny/runs/r32_s0_{variant}/metrics.json").exists()
