@@ -762,7 +762,7 @@ def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: i
     ann_id = 0
     vis_counts = np.zeros(3, dtype=np.int64)
     shown = time.monotonic()
-    print(f"synthetic people, {split}: drawing {len(jobs)} images ({persons} persons) into {out}", flush=True)
+    print(f"synthetic people, {split}: drawing {len(jobs)} images ({persons} persons) into {out.name}/", flush=True)
     for i, (jpeg, width, height, people) in enumerate(results):
         if time.monotonic() - shown >= PROGRESS_SECONDS:  # a line the notebook and papermill --log-output show
             shown = time.monotonic()
