@@ -6,11 +6,13 @@ from __future__ import annotations
 import io
 import multiprocessing
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import cdkd
 import cdkd.engine
 from cdkd import notebook
 from cdkd.config import load_config
@@ -132,3 +134,32 @@ def test_line_progress_prints_throttled_plain_lines():
     assert [line.split(" [")[0] for line in transient.getvalue().splitlines()] == ["0% 0/10", "100% 10/10"]
 
 
+
+
+@pytest.mark.notebook
+def test_in_a_jupyter_kernel_no_loader_worker_outlives_fit(synth, tmp_path):
+    """tqdm's notebook bar (train.progress=bar in a kernel) with forked workers: after each fit the
+    kernel has no child process left (before the fix, the second fit left its two workers)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from cdkd.notebook import repo_root
+
+    overrides = [f"data.root={synth}/mpii", "data.workers=2", "train.epochs=2", "train.max_steps_per_epoch=2",
+                 "train.batch_size=4", "train.progress=bar"]
+    count = ("import glob, os\n"
+             "print('children', sum(open(p).read().split(') ')[1].split()[1] == str(os.getpid())"
+             " for p in glob.glob('/proc/[0-9]*/stat')))")
+    cells = ["import cdkd\nfrom cdkd.config import load_config\nfrom cdkd.engine.train import fit\n"
+             f"cfg = load_config('tiny_teacher', {overrides!r})\nprint(cdkd.__file__)",
+             f"fit(cfg, run_dir={str(tmp_path / 'a')!r})\n" + count,
+             f"fit(cfg, run_dir={str(tmp_path / 'b')!r})\n" + count]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="python3", timeout=600,
+                   resources={"metadata": {"path": str(repo_root())}}).execute()
+    text = ["".join(o.get("text", "") for o in c.outputs if o.output_type == "stream") for c in nb.cells]
+    assert text[0].strip() == str(Path(cdkd.__file__)), text[0]  # the kernel runs this checkout
+    widgets = [o for c in nb.cells for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, "the notebook bar (a widget) was used"
+    for out in text[1:]:
+        assert "children 0" in out and "Error" not in out, out
