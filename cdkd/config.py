@@ -10,6 +10,7 @@ Unknown keys are errors that name the key, so a typo can never be silently ignor
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -38,6 +39,7 @@ class TeacherConfig:
     split_ratio: float = 3.0
     checkpoint: str = ""  # cdkd checkpoint or official state dict of the trained teacher
     random: bool = False  # True: an untrained teacher of this arch (the control arm; checkpoint ignored)
+    shuffle: bool = False  # True: each crop distils from another crop's output in the batch (rolled by one; control B)
 
 
 @dataclass
@@ -342,6 +344,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key 'distill.learn' has {t!r}; allowed: tau, alpha, beta")
     if cfg.train.epochs <= 0 or cfg.train.batch_size <= 0:
         raise ConfigError("config keys 'train.epochs' and 'train.batch_size' must be positive")
+    if not math.isfinite(cfg.distill.calibrate_share):
+        raise ConfigError(f"config key 'distill.calibrate_share' is {cfg.distill.calibrate_share!r}; it must be a finite number")
     if cfg.distill.calibrate_share < 0 or cfg.distill.calibrate_batches <= 0:
         raise ConfigError("config key 'distill.calibrate_share' must be >= 0 and 'distill.calibrate_batches' positive")
     _check_resolutions(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shutil
 import sys
 import warnings
@@ -49,6 +50,7 @@ def _diagnose(args: argparse.Namespace) -> int:
             result = measure(t, args.batches)
         finally:
             shutil.rmtree(t.run_dir.parent, ignore_errors=True)  # the scratch run folder
+    check_measured(result)
     result["config"] = args.config
     result["teacher"] = t.teacher_source
     if args.json:
@@ -61,6 +63,22 @@ def _diagnose(args: argparse.Namespace) -> int:
         ratio = 1.0 if k == "task" else result["grad_norm_ratio"][k]
         print(f"{k:<10}{result['grad_norm'][k]:>14.4g}{ratio:>16.3g}{result['shares'][k]:>18.3%}")
     return 0
+
+
+def check_measured(result: dict) -> None:
+    """Refuse (one line) a measurement that would print ``nan%`` or non-JSON ``NaN``: a zero or
+    non-finite task gradient, or any non-finite norm or share."""
+    from cdkd.config import ConfigError
+
+    values = {f"{key} {k}": v for key in ("grad_norm", "shares") for k, v in result[key].items()}
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        raise ConfigError(f"diagnose: non-finite results ({', '.join(f'{k} = {v}' for k, v in bad.items())}) with "
+                          f"loss.weight = {result['loss_weight']!r}, alpha = {result['alpha']!r}, beta = "
+                          f"{result['beta']!r}; give finite weights")
+    if result["grad_norm"]["task"] <= 0:
+        raise ConfigError(f"diagnose: the task term has zero gradient on the student (loss.weight = "
+                          f"{result['loss_weight']!r}); shares relative to it are undefined; give loss.weight > 0")
 
 
 def build_for_diagnosis(cfg):
@@ -86,6 +104,10 @@ def build_for_diagnosis(cfg):
             cfg.teacher.random = True
             source = "random (no checkpoint)"
     tmp = tempfile.mkdtemp(prefix="cdkd-diagnose-")
-    t = build_training(cfg, Path(tmp) / "run")
+    try:
+        t = build_training(cfg, Path(tmp) / "run")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed diagnosis leaves no scratch folder
+        raise
     t.teacher_source = source
     return t

@@ -284,6 +284,39 @@ def cli(argv: list[str], command: str = "export") -> int:
         return 2
 
 
+def check_export_arguments(args: argparse.Namespace) -> None:
+    """``--tolerance`` a finite number >= 0; ``--opset`` one the chosen exporter writes (before any work)."""
+    import math
+
+    from torch.onnx import _constants
+
+    if not math.isfinite(args.tolerance) or args.tolerance < 0:
+        raise ValueError(f"--tolerance is {args.tolerance:g}; it must be a finite number >= 0")
+    if args.format != "onnx":
+        return
+    low = _constants.ONNX_MIN_OPSET
+    high = _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET if args.legacy_exporter else _constants.ONNX_MAX_OPSET
+    if not low <= args.opset <= high:
+        raise ValueError(f"--opset is {args.opset}; this torch's {'legacy ' if args.legacy_exporter else ''}ONNX "
+                         f"exporter writes opsets {low} to {high}")
+
+
+def check_written_opset(path: Path, opset: int) -> None:
+    """The file must hold the requested opset (the dynamo exporter may silently write its own); if
+    not, the file is removed and the error names both."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    written = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                    if o.domain in ("", "ai.onnx")), None)
+    if written is not None and written != opset:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"--opset {opset} was asked for but the exporter wrote opset {written} (it cannot convert "
+                         f"this model down to {opset}); use --opset {written}, or --legacy-exporter for opsets "
+                         "below 18")
+
+
 def _export(args: argparse.Namespace) -> int:
     """The export command after argument parsing (see :func:`cli`)."""
     from cdkd.models.load import load_model
@@ -291,6 +324,7 @@ def _export(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ValueError(f"--batch is {args.batch}; it must be 1 or more")
+    check_export_arguments(args)
     out = Path(args.out) if args.out else default_output(args.checkpoint, args.format)
     model = load_model(args.checkpoint, map_location="cpu")
     check_writable(out.parent, "the folder of --out")
@@ -298,6 +332,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         export_onnx(model, out, batch=batch, opset=args.opset, logits_only=args.logits_only,
                     dynamo=not args.legacy_exporter)
+        check_written_opset(out, args.opset)
     else:
         export_torchscript(model, out, batch=args.batch, logits_only=args.logits_only)
     h, w = model.input_size

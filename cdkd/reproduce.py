@@ -1,11 +1,22 @@
 """``python -m cdkd reproduce``: the whole reproduction, by executing the numbered notebooks.
 
-Data (01), the teacher (02), four arms paired by seed at each resolution (03): the SimCC baseline,
-CDKD in the paper's form, CDKD as released (``fidelity: official``) and the control (the paper's
-form under an untrained teacher), then the tables with paired confidence intervals (04) and the
-figures (05), executed headlessly with papermill; the executed copies land in the output folder
-beside ``summary.md`` and ``figures/``. Finished runs are reused, so an interrupted reproduction
-continues where it stopped, and ``--seeds`` adds seeds to an existing study.
+Data (01), the teacher (02), arms paired by seed at each resolution (03): by default the SimCC
+baseline, CDKD in the paper's form and two controls with the paper arm's alpha and beta (the paper's
+form under an untrained teacher, and under a shuffled teacher); CDKD as released
+(``cdkd-official``), the components (``sape``, ``cca-etht``) and a fixed lower temperature
+(``cdkd-paper-tau4``) by ``--variants``; a training-length curve by ``--curve-epochs``; then the
+tables with paired confidence intervals and the answer (04) and the figures (05), executed
+headlessly with papermill; the executed copies land in the output folder beside ``summary.md`` and
+``figures/``. Finished runs are reused, so an interrupted reproduction continues where it stopped,
+and ``--seeds`` / ``--res`` / ``--variants`` add runs to an existing study. Give every seed and
+variant the summary should count: it counts only the runs its call asked for, and lists the others
+it found.
+
+Before anything runs, every notebook's parameters are checked (:func:`cdkd.pipeline.check_parameters`)
+and the output folder is held (one writer at a time; the notebooks' kernels inherit the hold). A
+failure inside a notebook ends in one line naming the notebook and the cell's error, with the full
+traceback in ``logs/<notebook>.log`` under the output folder; a notebook is executed into a
+temporary file that replaces the previous executed copy only when it has run to the end.
 """
 
 from __future__ import annotations
@@ -14,8 +25,14 @@ import argparse
 import json
 import os
 import platform
+import re
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
+
+from cdkd.config import ConfigError
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -71,16 +88,91 @@ def execute(notebook: str, out_path: Path, parameters: dict, cwd: Path, log_outp
             params[key] = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     if log_output:
         _log_to_terminal()
+    out_path = Path(out_path)
+    partial = partial_path(out_path)  # the previous executed copy stays until this one has run to the end
     start = time.perf_counter()
-    papermill.execute_notebook(str(NOTEBOOK_DIR / notebook), str(out_path), parameters=params,
+    papermill.execute_notebook(str(NOTEBOOK_DIR / notebook), str(partial), parameters=params,
                                cwd=str(cwd), progress_bar=False, log_output=log_output, kernel_name="python3")
     seconds = time.perf_counter() - start
-    data = json.loads(Path(out_path).read_text())
-    Path(out_path).write_text(json.dumps(_scrub(data, str(root)), indent=1, ensure_ascii=False) + "\n")
+    data = json.loads(partial.read_text())
+    partial.write_text(json.dumps(_scrub(data, str(root)), indent=1, ensure_ascii=False) + "\n")
+    os.chmod(partial, 0o666 & ~_umask())
+    os.replace(partial, out_path)
     return seconds
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def partial_path(out_path: Path) -> Path:
+    """Where a notebook is executed before it replaces ``out_path`` (a hidden sibling)."""
+    return out_path.with_name(f".{out_path.stem}.partial.ipynb")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failure_line(name: str, err: BaseException, out: Path) -> str:
+    """One line for a notebook that failed (the notebook, the cell's error, what to do); the full
+    traceback goes to ``out/logs/<notebook>.log``, the partly executed copy beside it."""
+    logs = out / "logs"
+    log = logs / f"{Path(name).stem}.log"
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    text = "\n".join(getattr(err, "traceback", None) or []) or str(err)
+    where = f" in cell {err.cell_index}" if getattr(err, "cell_index", None) is not None else ""
+    reason = f"{ename}: {evalue}" if ename else (str(err).strip().splitlines() or [type(err).__name__])[-1]
+    reason = " ".join(_ANSI.sub("", reason).split())
+    if "Errno 28" in reason or "No space left" in reason:
+        free = shutil.disk_usage(out).free if out.exists() else None
+        reason += f" (disk of {out.resolve()}: {free / 2**20:.0f} MiB free)" if free is not None else ""
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        log.write_text(_ANSI.sub("", text) + "\n")
+        partial = partial_path(out / name)
+        if partial.exists():
+            os.replace(partial, logs / f"{Path(name).stem}.failed.ipynb")
+        kept = f"full traceback in {log}"
+    except OSError as e:
+        kept = f"(the traceback could not be written to {log}: {e.strerror})"
+    return (f"cdkd reproduce: notebook {name} failed{where}: {reason}; {kept}; fix the cause and run the same "
+            "command again (finished runs are reused)")
+
+
 ABLATION_LIST = "projector-ensemble,sape,necm,cca-etht,conv-feature,fc-feature,fc-logit,centred-merge"
+
+
+def requested_runs(args: argparse.Namespace) -> list[str]:
+    """The run folders (under ``out/runs``) this call asks for: the only ones its summary counts."""
+    from cdkd.pipeline import parse_shares, share_variant
+
+    names = ["teacher"]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    names += [f"r{res}_s{seed}_{v}" for res in args.res for seed in args.seeds for v in variants]
+    names += [f"r{args.sweep_res}_s{args.seeds[0]}_{share_variant(s)}" for s in parse_shares(args.shares)]
+    if args.ablations:
+        names += [f"r{args.sweep_res}_s{args.seeds[0]}_{a}" for a in ABLATION_LIST.split(",")]
+    return list(dict.fromkeys(names))
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every notebook's parameters, checked before anything runs (ConfigError naming the value)."""
+    from cdkd.pipeline import check_parameters
+
+    if not args.seeds or not args.res:
+        raise ConfigError("--seeds and --res need at least one value each")
+    for res in args.res:
+        for seed in args.seeds:
+            check_parameters(args.preset, args.out, seed=seed, res=res, variants=args.variants, device=args.device,
+                             epochs=args.epochs, hold=False)
+    if args.shares or args.ablations:
+        check_parameters(args.preset, args.out, seed=args.seeds[0], res=args.sweep_res, shares=args.shares,
+                         ablations=ABLATION_LIST if args.ablations else "", device=args.device, hold=False)
+    for name, value in (("--n-train", args.n_train), ("--n-val", args.n_val)):
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
 
 
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
@@ -93,15 +185,17 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
         ("02_teacher.ipynb", "02_teacher.ipynb", common),
     ]
     for res in args.res:
-        for seed in args.seeds:
+        for seed in args.seeds:  # the curve (baseline and paper arm at each length) with the first seed
+            curve = [int(e) for e in args.curve_epochs] if seed == args.seeds[0] else []
             steps.append(("03_distill.ipynb", f"03_distill_r{res}_s{seed}.ipynb",
-                          {**common, "res": res, "seed": seed, "variants": args.variants}))
+                          {**common, "res": res, "seed": seed, "variants": args.variants, "curve_epochs": curve}))
     if args.shares or args.ablations:  # the weight sweep (its share 0 is the seed's baseline, reused) and ablations
         steps.append(("06_ablations.ipynb", "06_ablations.ipynb",
                       {**common, "res": args.sweep_res, "seed": args.seeds[0], "shares": args.shares,
                        "ablations": ABLATION_LIST if args.ablations else ""}))
     steps.append(("04_evaluate.ipynb", "04_evaluate.ipynb",
-                  {"out_dir": args.out, "dataset": "mpii", "title": args.title, "note": args.note}))
+                  {"out_dir": args.out, "dataset": "mpii", "title": args.title, "note": args.note,
+                   "only_runs": ",".join(requested_runs(args))}))
     for res in args.res:
         steps.append(("05_visualize.ipynb", f"05_visualize_r{res}.ipynb",
                       {**common, "res": res, "seed": args.seeds[0]}))
@@ -180,41 +274,80 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default="", help="data root (default: the synthetic set of the size, "
                                                    "data/synth-n{train}-{val}-s0, one folder per size)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(range(6)),
-                   help="student seeds; every arm trains each seed (paired) (default: 0-5)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="student seeds; every arm trains each seed (paired) (default: 0, what fits the main "
+                        "job's 45 minutes on a 2-core CPU; add seeds by further calls)")
     p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
-    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-official,cdkd-random-teacher",
-                   help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-official,cdkd-random-teacher)")
+    p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher",
+                   help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher; "
+                        "also cdkd-official, cdkd-paper-tau4, sape, cca-etht and the ablations of cdkd.pipeline)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
     p.add_argument("--n-train", type=int, default=0,
-                   help="synthetic training persons; 0: the preset's (demo 1000, so that 4 arms x 2 resolutions x 6 "
-                        "seeds fit 45 minutes on a 2-core CPU; tiny 30), as in the notebooks (default: 0)")
+                   help="synthetic training persons; 0: the preset's (demo 4000, on which the demo teacher reaches "
+                        "PCKh >= 60; tiny 30), as in the notebooks (default: 0)")
     p.add_argument("--n-val", type=int, default=0, help="synthetic validation persons; 0: the preset's (demo 1000, "
                                                         "tiny 20) (default: 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--shares", default="0,0.15,0.3,0.45",
+    p.add_argument("--shares", default="",
                    help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
-                        "comma-separated; '' skips it (default: 0,0.15,0.3,0.45)")
+                        "comma-separated, e.g. 0,0.15,0.3,0.45; '' skips it (default: '')")
+    p.add_argument("--curve-epochs", type=int, nargs="*", default=[],
+                   help="training lengths of the curve: baseline and CDKD (paper) at each, first seed only, "
+                        "every resolution, reported as PCKh against epochs in summary.md (e.g. 3 5 8; default: none)")
     p.add_argument("--sweep-res", type=int, default=32, help="resolution of the sweep and the ablations (default: 32)")
     p.add_argument("--ablations", action="store_true",
                    help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")
     args = p.parse_args(argv)
+    from cdkd.engine.cli import run_command
+
+    return run_command(command, lambda: _reproduce(args, argv))
+
+
+def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
+    """The body of :func:`cli`: check, hold the folder, execute the notebooks in order."""
+    from cdkd.engine.run import HELD_ENV, hold_folder, release_folder
+
     args.out = args.out or f"results/{args.preset}"
+    from cdkd.pipeline import synthetic_size
+
+    args.n_train, args.n_val = synthetic_size(args.preset, args.n_train, args.n_val)  # 0: the preset's
     cwd = Path.cwd()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_arguments(args)  # before any data is generated or model trained
+    command = shlex.join(["python", "-m", "cdkd", "reproduce", *argv])  # pastes back as it was typed
+    held = hold_folder(out, command)  # one writer; the notebooks' kernels inherit the hold
+    before = os.environ.get(HELD_ENV)
+    os.environ[HELD_ENV] = os.pathsep.join(filter(None, [before, str(held)]))
+    try:
+        return _run_notebooks(args, out, cwd, command)
+    finally:
+        if before is None:
+            os.environ.pop(HELD_ENV, None)
+        else:
+            os.environ[HELD_ENV] = before
+        release_folder(held)
+
+
+def _run_notebooks(args: argparse.Namespace, out: Path, cwd: Path, command: str) -> int:
+    """Execute the planned notebooks in order; ``timing.json`` after each, the run time in ``summary.md``."""
+    from cdkd.engine.run import environment_info
+
     args.title = f"cdkd reproduction, preset '{args.preset}' (synthetic people)"
     args.note = (f"Made by `python -m cdkd reproduce --preset {args.preset}` "
                  f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()}, {os.cpu_count()} CPU cores.")
     steps = plan(args)
-    from cdkd.engine.run import environment_info
-
-    timing = Timing(out / "timing.json", f"python -m cdkd reproduce {' '.join(argv)}".strip(), environment_info())
+    timing = Timing(out / "timing.json", command, environment_info())
     start = time.perf_counter()
     for i, (notebook, name, params) in enumerate(steps, start=1):
         elapsed = time.perf_counter() - start
         print(f"[{i}/{len(steps)}] {name} (after {elapsed / 60:.1f} min) {json.dumps(params)}", flush=True)
-        seconds = execute(notebook, out / name, params, cwd)
+        try:
+            seconds = execute(notebook, out / name, params, cwd)
+        except Exception as err:  # the notebook's error (papermill, nbclient): one line, the traceback in a log
+            print(failure_line(name, err, out), file=sys.stderr)
+            return 2
+        finally:
+            partial_path(out / name).unlink(missing_ok=True)
         timing.add(name, seconds)
         print(f"[{i}/{len(steps)}] {name} done in {seconds / 60:.1f} min; {len(steps) - i} notebooks left", flush=True)
     total = time.perf_counter() - start

@@ -352,39 +352,53 @@ def test_plot_temperature_and_sau_weights(tmp_path):
 
 def test_plot_metric_bars_with_reference(tmp_path):
     table = {
-        "SimCC 64": {"Mean": (78.1, 0.2), "Mean@0.1": (30.0, 0.5)},
-        "CDKD 64": {"Mean": (79.0, 0.3), "Mean@0.1": 31.0},
-        "CDKD official": {"Mean": (78.5, 0.1)},
+        "CDKD (paper)": {"64x64": (11.0, 0.3, 12), "32x32": 11.1},
+        "SimCC (baseline)": {"64x64": (10.4, 0.2, 12), "32x32": (10.5, 0.5, 6)},
+        "CDKD (official)": {"64x64": (10.2, 0.1, 12)},
     }
-    reference = {"SimCC 64": {"Mean": 78.340}, "CDKD 64": {"Mean": 79.362, "Mean@0.1": 32.0}, "CAL": {"Mean": 77.0}}
+    reference = {"SimCC (baseline)": {"64x64": 78.340}, "CDKD (paper)": {"64x64": 79.362, "32x32": 61.442},
+                 "CAL": {"64x64": 77.0}}
     path = tmp_path / "bars.png"
-    fig = viz.plot_metric_bars(table, reference=reference, ylabel="PCKh", save=path)
+    fig = viz.plot_metric_bars(table, reference=reference, ylabel="PCKh", reference_label="paper (real MPII)",
+                               save=path)
     assert_png(fig, path)
-    ax = fig.axes[0]
+    ax, ax_paper = fig.axes
     bars = [c for c in ax.containers if isinstance(c, BarContainer)]
     assert len(bars) == 3 and all(len(b) == 2 for b in bars)
-    np.testing.assert_allclose([p.get_height() for p in bars[1]], [79.0, 31.0])
+    assert [b.get_label() for b in bars] == ["SimCC (baseline)", "CDKD (paper)", "CDKD (official)"]  # baseline first
+    np.testing.assert_allclose([p.get_height() for p in bars[1]], [11.0, 11.1])
     assert np.isnan(bars[2][1].get_height())  # missing column leaves a gap
-    markers = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label().startswith("paper")]
-    assert len(markers) == 1
-    np.testing.assert_allclose(sorted(markers[0].get_offsets()[:, 1]), [32.0, 78.340, 79.362])
-    ours = [t for t in ax.texts if t.get_fontstyle() != "italic"]
-    papers = [t for t in ax.texts if t.get_fontstyle() == "italic"]
-    assert len(ours) == 5 and len(papers) == 3  # one per finite bar, one per marker
-    # our numbers sit inside their bars (below the bar top), never above a paper marker
-    for text, bar in zip(ours, [p for b in bars for p in b if np.isfinite(p.get_height())]):
-        # inside the tall bars (the axis starts at 0): white, at the bar's base, on the bar's x
-        assert float(text.get_text()) == round(bar.get_height(), 2)
-        assert 0 < text.xy[1] < bar.get_height() and text.get_color() == "white"
-        assert text.xy[0] == pytest.approx(bar.get_x() + bar.get_width() / 2)
-    short = viz.plot_metric_bars({"a": {"Mean": (5.0, 1.0)}, "b": {"Mean": (80.0, 2.0)}}, reference={"a": {"Mean": 60.0}})
-    low = next(t for t in short.axes[0].texts if t.get_text() == "5.00")
-    assert low.xy[1] == 6.0 and low.get_va() == "bottom"  # above the error bar of a short bar
-    assert sorted(float(t.get_text()) for t in papers) == [32.0, 78.34, 79.36]
-    assert ax.get_ylim()[0] == 0  # bar heights proportional to the values by default
-    assert "std over seeds" in ax.get_xlabel()
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["Mean", "Mean@0.1"]
-    assert viz.plot_metric_bars(table, zoom=True).axes[0].get_ylim()[0] > 10  # zoom: truncated on request only
+    # the paper's numbers have their own axis: ours is not stretched to 80, theirs all shown
+    assert not [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert ax.get_ylim()[0] == 0 and 11.3 < ax.get_ylim()[1] < 20
+    markers = [c for c in ax_paper.collections if isinstance(c, PathCollection)]
+    assert len(markers) == 1 and markers[0].get_label() == "paper (real MPII)"
+    np.testing.assert_allclose(sorted(markers[0].get_offsets()[:, 1]), [61.442, 78.340, 79.362])  # CAL: no bar
+    assert ax_paper.get_ylim()[1] > 79.362 and ax_paper.get_title() == "paper (real MPII)"
+    # each marker sits at the x of its arm's bar, in its colour
+    cdkd_64 = bars[1][0]
+    offsets = markers[0].get_offsets()
+    k = int(np.argmin(np.abs(offsets[:, 1] - 79.362)))
+    assert offsets[k, 0] == pytest.approx(cdkd_64.get_x() + cdkd_64.get_width() / 2)
+    np.testing.assert_allclose(markers[0].get_facecolors()[k], cdkd_64.get_facecolor())
+    # every finite bar states its mean and, where known, its number of seeds
+    ours = sorted(t.get_text() for t in ax.texts)
+    assert ours == sorted(["10.40 (n=12)", "10.50 (n=6)", "11.00 (n=12)", "11.10", "10.20 (n=12)"])
+    for text in ax.texts:  # a tall bar holds its text inside, at its base
+        assert text.get_color() == "white" and text.xy[1] < 1.0
+    papers = sorted(t.get_text() for t in ax_paper.texts)
+    assert papers == ["61.44", "78.34", "79.36"]
+    assert "n=" not in fig._suptitle.get_text() and "6-12 seeds" in fig._suptitle.get_text()
+    assert ax.get_ylabel() == "PCKh" and ax.get_xlabel() == "student input resolution"
+    assert "std over seeds" in ax.get_title()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["64x64", "32x32"]
+    short = viz.plot_metric_bars({"a": {"Mean": (1.0, 1.0, 3)}, "b": {"Mean": (80.0, 2.0, 3)}})
+    assert len(short.axes) == 1  # no reference: no paper panel
+    assert short.axes[0].get_xlabel() == "metric"
+    low = next(t for t in short.axes[0].texts if t.get_text() == "1.00 (n=3)")
+    assert low.xy[1] == 2.0 and low.get_va() == "bottom"  # above the error bar of a short bar
+    zoomed = viz.plot_metric_bars({"a": {"Mean": (78.1, 0.2)}, "b": {"Mean": (79.0, 0.3)}}, zoom=True)
+    assert zoomed.axes[0].get_ylim()[0] > 10  # zoom: truncated on request only
     with pytest.raises(ValueError, match=r"table\['x'\]\['Mean'\]"):
         viz.plot_metric_bars({"x": {"Mean": "high"}})
 

@@ -17,9 +17,10 @@ from cdkd.distill.cca import (
     merge_bins,
     merge_bins_overlap,
     merge_probs,
+    normalised_entropy,
     overlap_matrix,
 )
-from cdkd.distill.distiller import Distiller, DistillStep, total_loss
+from cdkd.distill.distiller import Distiller, DistillStep, roll_teacher, total_loss
 from cdkd.distill.fidelity import FIDELITIES, OFFICIAL, PAPER, Fidelity
 from cdkd.distill.etht import (
     LearnableTemperature,
@@ -48,6 +49,8 @@ __all__ = [
     "Fidelity",
     "centred_matrix",
     "merge_probs",
+    "normalised_entropy",
+    "roll_teacher",
     "total_loss",
     "etht_param_group",
     "etht_strength",

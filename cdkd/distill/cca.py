@@ -37,6 +37,8 @@ Two reductions are offered (``reduction``):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -180,16 +182,37 @@ def merge_probs(probs: Tensor, num_out: int, merge: str = "integer") -> Tensor:
     raise ValueError(f"merge is {merge!r}; choose one of {MERGES}")
 
 
-def _kl_per_joint(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor, merge: str, axis: str,
-                  detach_teacher: bool) -> Tensor:
-    """KL(merged teacher || student) summed over classes, one value per (sample, joint): [B, J]."""
+def normalised_entropy(probs: Tensor) -> Tensor:
+    """Entropy of each distribution on the last axis divided by log C: 1 is uniform, 0 one-hot.
+
+    Measures how much of the teacher a CCA target carries: at a high temperature the merged target
+    p~t of Eq. 6-7 tends to the uniform distribution, and L_logit then only smooths the student's
+    labels, whatever the teacher knows.
+
+    Args:
+        probs: probabilities [..., C] (rows summing to one), C >= 2.
+
+    Returns:
+        [...] values in [0, 1].
+    """
+    classes = probs.shape[-1]
+    if classes < 2:
+        raise ValueError(f"normalised_entropy needs at least 2 classes, got {classes}")
+    return -torch.xlogy(probs, probs).sum(-1) / math.log(classes)  # [...]
+
+
+def _kl_per_joint(student_logits: Tensor, teacher_logits: Tensor, tau: Tensor, merge: str,
+                  detach_teacher: bool) -> tuple[Tensor, Tensor]:
+    """KL(merged teacher || student) summed over classes, one value per (sample, joint): [B, J],
+    and the merged target's normalised entropy [B, J] (detached)."""
     num_out = student_logits.shape[-1]
     teacher_probs = F.softmax(teacher_logits / tau, dim=-1)  # [B, J, C_t]
     target = merge_probs(teacher_probs, num_out, merge)  # [B, J, C_s]
     if detach_teacher:
         target = target.detach()
     log_student = F.log_softmax(student_logits / tau, dim=-1)  # [B, J, C_s]
-    return (torch.xlogy(target, target) - target * log_student).sum(-1)  # [B, J]
+    kl = (torch.xlogy(target, target) - target * log_student).sum(-1)  # [B, J]
+    return kl, normalised_entropy(target.detach())
 
 
 def cca_loss(
@@ -217,8 +240,11 @@ def cca_loss(
         reduction: 'paper' or 'official' (see the module docstring).
 
     Returns:
-        dict with 'loss' (scalar, x + y), 'x' and 'y' (scalars), and 'per_joint' ([J], both axes,
-        same reduction over the samples as 'loss').
+        dict with 'loss' (scalar, x + y), 'x' and 'y' (scalars), 'per_joint' ([J], both axes,
+        same reduction over the samples as 'loss'), and 'target_entropy': the merged teacher
+        target's normalised entropy at ``tau`` (:func:`normalised_entropy`, 1 = uniform), averaged
+        over the samples, joints and both axes that the loss counts (weighted by the target
+        weights in the 'paper' reduction; detached).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"cca_loss reduction is {reduction!r}; choose one of {REDUCTIONS}")
@@ -240,8 +266,12 @@ def cca_loss(
 
     out: dict[str, Tensor] = {}
     per_joint = 0.0
+    entropy_sum = entropy_weight = 0.0
     for axis, (s, t) in pairs.items():
-        kl = _kl_per_joint(s.float(), t.detach().float(), tau, merge, axis, detach_teacher=official)  # [B, J]
+        kl, entropy = _kl_per_joint(s.float(), t.detach().float(), tau, merge, detach_teacher=official)  # [B, J]
+        counted = weight if weight is not None else torch.ones_like(entropy)
+        entropy_sum = entropy_sum + (entropy * counted).sum()
+        entropy_weight = entropy_weight + counted.sum()
         if official:
             kl = kl / s.shape[-1]  # mean over the student classes
             scale = 1.0  # summed over samples
@@ -254,4 +284,5 @@ def cca_loss(
         per_joint = per_joint + kl.sum(0) * scale  # [J]
     out["loss"] = out["x"] + out["y"]
     out["per_joint"] = per_joint
+    out["target_entropy"] = (entropy_sum / entropy_weight.clamp(min=1e-12)).detach()  # no joint counted: 0
     return out

@@ -10,6 +10,11 @@ Combines SAPE (feature term, Eq. 1-5, ``cdkd.distill.sape``), CCA (logit term, E
 'none'. 'none' drops that term (its raw and weighted values are logged as 0), so
 feature='none', logit='none' is the plain SimCC baseline with the distiller's bookkeeping.
 
+With ``shuffle_teacher`` (config key ``teacher.shuffle``, the study's control B) each crop of the
+batch distils from another crop's teacher output: the batch of teacher outputs (features and logits)
+is rolled by one (:func:`roll_teacher`), a fixed derangement for B > 1, so the targets keep the
+teacher's statistics but carry nothing about this image.
+
 ``cfg.fidelity`` names a :class:`cdkd.distill.fidelity.Fidelity` record (``paper``, the default,
 or ``official``, the released code); every difference between the two is one field of that table,
 and this module reads the fields. The released weighting ``1000*L_simcc + 0.4*ALPHA*L_fea +
@@ -58,14 +63,33 @@ def total_loss(task: Tensor, task_weight: float, feature: Tensor | float = 0.0, 
     return {"total": parts["task"] + parts["feature"] + parts["logit"], **parts}
 
 
+def roll_teacher(teacher, shift: int = 1):
+    """The teacher outputs with the batch rolled by ``shift``: sample i gets sample i - shift's
+    ``.x``, ``.y`` and ``.feature`` (control B, a shuffled teacher). For a batch of B > 1 and
+    0 < shift mod B, no sample keeps its own output.
+
+    Args:
+        teacher: teacher output (a NamedTuple with ``.x`` [B,J,C_x], ``.y`` [B,J,C_y], ``.feature``
+            [B,J,H',W']).
+        shift: how far the batch is rolled.
+
+    Returns:
+        an output of the same type with every field rolled along the batch axis.
+    """
+    return teacher._replace(**{name: torch.roll(getattr(teacher, name), shift, dims=0)
+                               for name in ("x", "y", "feature")})
+
+
 class DistillStep(NamedTuple):
     """Result of one distiller call.
 
     Attributes:
         total: L_total of Eq. 8 (scalar, carries the graph).
         terms: detached scalars for logging: 'task', 'feature', 'feature_weighted', 'logit',
-            'logit_weighted', 'tau', 'xi', 'alpha', 'beta' and, with an SAU, 'sau_w0'.. (mean
-            weight of each candidate over the batch and the joints).
+            'logit_weighted', 'tau', 'xi', 'alpha', 'beta', with a CCA-type logit term
+            'target_entropy' (the merged teacher target's normalised entropy at tau, 1 = uniform;
+            :func:`cdkd.distill.cca.normalised_entropy`) and, with an SAU, 'sau_w0'.. (mean weight
+            of each candidate over the batch and the joints).
         parts: the weighted terms of Eq. 8 with their graphs ('task', 'feature', 'logit'), for
             measuring each term's gradient (:mod:`cdkd.distill.shares`).
     """
@@ -86,11 +110,13 @@ class Distiller(nn.Module):
         teacher_classes: (C_x, C_y) of the teacher's SimCC head.
         total_epochs: number of training epochs (with ``cfg.xi_epochs`` = 0 the ramp reaches xi_max at
             the last epoch).
+        shuffle_teacher: distil each crop from another crop's teacher output (:func:`roll_teacher`;
+            config key ``teacher.shuffle``).
     """
 
     def __init__(self, cfg: DistillConfig, student_feature_shape: tuple[int, int, int],
                  teacher_feature_shape: tuple[int, int, int], student_classes: tuple[int, int],
-                 teacher_classes: tuple[int, int], total_epochs: int):
+                 teacher_classes: tuple[int, int], total_epochs: int, shuffle_teacher: bool = False):
         super().__init__()
         joints, h, w = student_feature_shape
         t_joints, big_h, big_w = teacher_feature_shape
@@ -102,6 +128,7 @@ class Distiller(nn.Module):
         self.fidelity: Fidelity = FIDELITIES[cfg.fidelity]
         fid = self.fidelity
         self.total_epochs = int(total_epochs)
+        self.shuffle_teacher = bool(shuffle_teacher)
         self.student_classes, self.teacher_classes = tuple(student_classes), tuple(teacher_classes)
 
         self.sape = self.conv_align = self.fc_align = None
@@ -172,8 +199,8 @@ class Distiller(nn.Module):
         tau = self.temperature(xi) if self.temperature is not None else torch.tensor(cfg.tau)
         return alpha, beta, tau
 
-    def _feature_loss(self, student_feature: Tensor, teacher_feature: Tensor, sau_terms: dict) -> Tensor:
-        """L_fea (Eq. 5) of the configured feature alignment; SAU weight means go to ``sau_terms``."""
+    def _feature_loss(self, student_feature: Tensor, teacher_feature: Tensor, extra_terms: dict) -> Tensor:
+        """L_fea (Eq. 5) of the configured feature alignment; SAU weight means go to ``extra_terms``."""
         fs = student_feature.float()  # [B, J, h, w]
         if self.fidelity.detach_student_feature:
             fs = fs.detach()  # PAPER_NOTES item 1
@@ -182,20 +209,20 @@ class Distiller(nn.Module):
             aligned, weights = self.sape(fs)  # [B, J, H', W'], [B, K(+1), J] | None
             if weights is not None:
                 for k, value in enumerate(weights.detach().mean(dim=(0, 2))):
-                    sau_terms[f"sau_w{k}"] = value
+                    extra_terms[f"sau_w{k}"] = value
             return feature_cosine_loss(aligned, ft)
         if self.conv_align is not None:
             return feature_cosine_loss(fs, self.conv_align(ft))  # teacher brought down to [B, J, h, w]
         return feature_cosine_loss(self.fc_align(fs), ft)
 
-    def _logit_loss(self, student, teacher, tau: Tensor, target_weight: Tensor) -> Tensor:
-        """L_logit (Eq. 6-7) of the configured logit alignment."""
+    def _logit_loss(self, student, teacher, tau: Tensor, target_weight: Tensor) -> dict[str, Tensor]:
+        """L_logit (Eq. 6-7) of the configured logit alignment: :func:`cca_loss`'s dict."""
         sx, sy = student.x.float(), student.y.float()  # [B, J, C_s]
         merge = self.cfg.merge
         if self.logit_fc is not None:
             sx, sy = self.logit_fc(sx, sy)  # [B, J, C_t]
             merge = "integer"  # m = 1
-        return cca_loss(sx, sy, teacher.x, teacher.y, tau, target_weight, merge, self.fidelity.kl_reduction)["loss"]
+        return cca_loss(sx, sy, teacher.x, teacher.y, tau, target_weight, merge, self.fidelity.kl_reduction)
 
     def forward(self, student, teacher, target_weight: Tensor, task_loss: Tensor,
                 task_weight: float = 1.0) -> DistillStep:
@@ -212,12 +239,21 @@ class Distiller(nn.Module):
             :class:`DistillStep` with the total loss, the logged terms and the weighted parts.
         """
         cfg = self.cfg
+        if self.shuffle_teacher:
+            teacher = roll_teacher(teacher)  # control B: every crop gets another crop's teacher output
         with torch.autocast(device_type=task_loss.device.type, enabled=False):
-            sau_terms: dict[str, Tensor] = {}
+            extra_terms: dict[str, Tensor] = {}
             zero = torch.zeros((), device=task_loss.device)
             alpha, beta, tau = (v.to(zero.device) for v in self.weights())
-            feature = self._feature_loss(student.feature, teacher.feature, sau_terms) if cfg.feature != "none" else zero
-            logit = self._logit_loss(student, teacher, tau, target_weight) if cfg.logit != "none" else zero
+            feature = zero
+            if cfg.feature != "none":
+                feature = self._feature_loss(student.feature, teacher.feature, extra_terms)
+            if cfg.logit != "none":
+                logit_parts = self._logit_loss(student, teacher, tau, target_weight)
+                logit = logit_parts["loss"]
+                extra_terms["target_entropy"] = logit_parts["target_entropy"]
+            else:
+                logit = zero
             parts = total_loss(task_loss, task_weight, feature, alpha, logit, beta)  # Eq. 8
 
         terms = {
@@ -230,7 +266,7 @@ class Distiller(nn.Module):
             "xi": torch.tensor(float(self.xi), device=zero.device),
             "alpha": alpha.detach(),
             "beta": beta.detach(),
-            **sau_terms,
+            **extra_terms,
         }
         total = parts.pop("total")
         return DistillStep(total, terms, parts)

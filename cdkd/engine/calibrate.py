@@ -11,6 +11,7 @@ not import the training module.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 
 import numpy as np
@@ -49,9 +50,9 @@ def measure(t, batches: int = 4, loader=None) -> dict:
     total = sum(mean["update_norm"].values())
     result = {
         "grad_norm": mean["grad_norm"],
-        "grad_norm_ratio": {k: mean["grad_norm"][k] / mean["grad_norm"]["task"] for k in ("feature", "logit")},
+        "grad_norm_ratio": {k: _ratio(mean["grad_norm"][k], mean["grad_norm"]["task"]) for k in ("feature", "logit")},
         "update_norm": mean["update_norm"],
-        "shares": {k: mean["update_norm"][k] / total for k in PARTS},
+        "shares": {k: _ratio(mean["update_norm"][k], total) for k in PARTS},
         "shares_per_batch": [n["shares"] for n in norms],
         "batches": len(per_batch),
         "loss_weight": t.cfg.loss.weight,
@@ -60,6 +61,11 @@ def measure(t, batches: int = 4, loader=None) -> dict:
     }
     t.optimizer.zero_grad(set_to_none=True)
     return result
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN when b is 0 (a zero task gradient; ``python -m cdkd diagnose`` refuses non-finite results)."""
+    return a / b if b else math.nan
 
 
 @contextlib.contextmanager
@@ -97,6 +103,25 @@ def batch_gradients(t, params: list[nn.Parameter], batches: int, loader=None) ->
     return out
 
 
+# --- calibration guards: called by calibrate at its start and on its measured norms --------------------
+def check_calibration_share(share: float) -> None:
+    """A non-finite ``distill.calibrate_share`` is refused (one line), never trained uncalibrated."""
+    if not isinstance(share, (int, float)) or not math.isfinite(share):
+        raise ConfigError(f"config key 'distill.calibrate_share' is {share!r}; it must be a finite number")
+
+
+def check_calibration_norms(norms: dict[str, float], loss_weight: float) -> None:
+    """The measured update norms must be finite and the task term's non-zero: alpha = beta = 0 (a
+    student without a gradient) or NaN weights are refused with one line naming the cause."""
+    bad = {k: v for k, v in norms.items() if not math.isfinite(v)}
+    if bad:
+        raise ConfigError(f"distill.calibrate_share: non-finite gradient norms {bad} on the first training batches "
+                          f"(loss.weight = {loss_weight!r}); check loss.weight, distill.alpha/beta and the data")
+    if norms["task"] <= 0:
+        raise ConfigError(f"distill.calibrate_share: the task term has zero gradient on the student (loss.weight = "
+                          f"{loss_weight!r}), so no share can be calibrated; give loss.weight > 0")
+
+
 def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
     """alpha and beta such that each distillation term has ``share`` of the update (a rule fixed a
     priori, from the first training batches; never from validation).
@@ -114,6 +139,7 @@ def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
     Returns:
         (alpha, beta); a term that is off keeps its configured weight.
     """
+    check_calibration_share(share)
     d = t.cfg.distill
     active = [k for k, on in (("feature", d.feature != "none"), ("logit", d.logit != "none")) if on]
     if not active or t.distiller is None:
@@ -132,6 +158,7 @@ def calibrate(t, share: float, batches: int = 4) -> tuple[float, float]:
     second = [torch.stack([g["task"][j] ** 2 for g in grads]).mean(0) for j in range(len(params))]
     norms = [shares_from(g, second)["update_norm"] for g in grads]
     mean = {k: sum(n[k] for n in norms) / len(norms) for k in PARTS}
+    check_calibration_norms(mean, t.cfg.loss.weight)
     x = share * mean["task"] / (1.0 - len(active) * share)
     alpha, beta = d.alpha, d.beta
     for name in active:

@@ -18,8 +18,9 @@ def _train_parser() -> argparse.ArgumentParser:
                    help="override one config value, e.g. --set train.epochs=10 (repeatable; default: none)")
     p.add_argument("--out", default=None, help="run folder (default: train.out_dir/<run name>)")
     p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="LAST_PTH",
-                   help="continue a run from its last.pth (default without a path: the run folder's own last.pth; "
-                        "default without --resume: a new run)")
+                   help="continue the run in --out from its last.pth (only the run folder's own; with --overwrite, "
+                        "the last.pth of a killed --overwrite continues that replacement) (default without a path: the "
+                        "run folder's own last.pth; default without --resume: a new run)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in the run folder; the old files stay until the new run has "
                         "finished (default: refuse to write into a folder that holds a run)")
@@ -76,8 +77,11 @@ def eval_main(argv: list[str]) -> int:
     from cdkd.engine.train import check_device
     from cdkd.models.load import load_model
 
+    from cdkd.engine.run import resolved_config
+
     state = load_checkpoint(args.checkpoint)
-    cfg = load_config(args.config or state.get("config") or {}, args.overrides)
+    recorded = resolved_config(state["config"], Path(args.checkpoint).parent) if state.get("config") else {}
+    cfg = load_config(args.config or recorded, args.overrides)
     check_device(cfg)
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
     check_writable(out.parent, "the folder of --out")  # before the evaluation, not after
@@ -111,11 +115,12 @@ def run_command(command: str, main) -> int:
     trains or evaluates."""
     from cdkd.checkpoint import CheckpointError
     from cdkd.data import DataError
+    from cdkd.engine.run import FolderInUseError
     from cdkd.engine.train import RunFolderError
 
     try:
         return main()
-    except RunFolderError as err:
+    except (RunFolderError, FolderInUseError) as err:
         print(f"cdkd {command}: {one_line(err)}", file=sys.stderr)
         return 2
     except ConfigError as err:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cdkd.config import Config, config_to_dict
+from cdkd.config import Config
 from cdkd.data.transforms import transform_preds
 from cdkd.engine.progress import loader_batches, progress_bar
 from cdkd.inference import predict_crops
@@ -187,6 +187,7 @@ def evaluate(model: nn.Module, dataset, cfg: Config, device: torch.device, flip:
 
 def write_metrics(path: str | Path, metrics: dict, cfg: Config, model: nn.Module, extra: dict | None = None) -> dict:
     """Metrics file of a run: numbers, protocol, Params and FLOPs (the paper's columns), config."""
+    from cdkd.engine.run import atomic_write_text, portable_config, portable_path
     from cdkd.flops import size_report
 
     size = size_report(model)
@@ -200,12 +201,12 @@ def write_metrics(path: str | Path, metrics: dict, cfg: Config, model: nn.Module
         "variant": cfg.train.variant or cfg.train.mode,
         "seed": cfg.train.seed,
         "res": int(model.input_size[0]),
-        "teacher": (("random " + cfg.teacher.arch) if cfg.teacher.random else cfg.teacher.checkpoint)
+        "teacher": (("random " + cfg.teacher.arch) if cfg.teacher.random
+                    else portable_path(cfg.teacher.checkpoint, Path(path).parent))
         if cfg.train.mode == "distill" else None,
         **(extra or {}),
-        "config": config_to_dict(cfg),
+        "config": portable_config(cfg, Path(path).parent),  # paths relative: the record survives a move
     }
-    from cdkd.engine.run import atomic_write_text
 
     atomic_write_text(path, json.dumps(record, indent=2, default=float))
     return record

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from cdkd.checkpoint import CheckpointError, load_checkpoint
-from cdkd.config import Config, ConfigError, config_to_dict
-from cdkd.engine.run import config_changes, describe_changes
+from cdkd.config import Config, ConfigError
+from cdkd.engine.run import config_changes, describe_changes, portable_config
 from cdkd.models.load import load_weights, save_checkpoint
 
 # config keys whose change alters the model itself: never accepted on resume
@@ -49,7 +49,7 @@ def save_state(
     }
     if distiller is not None:
         extra.update(distiller_state(distiller))
-    save_checkpoint(path, model, config=config_to_dict(cfg), **extra)
+    save_checkpoint(path, model, config=portable_config(cfg, Path(path).parent), **extra)
 
 
 def distiller_state(distiller: nn.Module) -> dict:
@@ -93,7 +93,7 @@ def check_resume(cfg: Config, path: str | Path, accept_config_change: bool = Fal
     if "optimizer" not in state or "epoch" not in state or not isinstance(state.get("config"), dict):
         raise CheckpointError(f"{path} holds weights only (no optimizer or epoch state, as best.pth); "
                               "resume from the run's last.pth")
-    changes = config_changes(state["config"], cfg)
+    changes = config_changes(state["config"], cfg, run_dir=Path(path).parent)
     fixed = {k: v for k, v in changes.items() if k.startswith(STRUCTURAL)
              and (not k.startswith("teacher.") or cfg.train.mode == "distill")}
     if fixed:

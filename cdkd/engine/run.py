@@ -6,13 +6,18 @@ The run folder records everything needed to reproduce it: ``config.yaml`` (resol
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import platform
 import random
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -110,7 +115,7 @@ def setup_run(cfg: Config, out_dir: str | Path | None = None, write: bool = True
         import yaml
 
         check_writable(run_dir, "the run folder")
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(portable_config(cfg, run_dir), sort_keys=False))
         atomic_write_text(run_dir / "environment.json", json.dumps(environment_info(), indent=2))
     return run_dir
 
@@ -121,15 +126,31 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600: a record gets the user's normal mode
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # disk full and the like: name the file (and the space left), not just the errno
+        if err.errno != errno.ENOSPC and err.filename:
+            raise
+        reason = err.strerror or str(err)
+        if err.errno == errno.ENOSPC:
+            with contextlib.suppress(OSError):
+                reason += f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk)"
+        raise OSError(err.errno, reason, str(path)) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, 'w')`` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def run_files(run_dir: str | Path) -> list[str]:
@@ -147,11 +168,17 @@ def _flatten(values: dict, prefix: str = "") -> dict:
     return out
 
 
-def config_changes(old: dict | Config, new: dict | Config, ignore=NON_RESULT_KEYS) -> dict[str, list]:
+def config_changes(old: dict | Config, new: dict | Config, ignore=NON_RESULT_KEYS,
+                   run_dir: str | Path | None = None) -> dict[str, list]:
     """Keys whose values differ between two configs, as ``{'train.lr': [old, new]}``.
 
     Keys in ``ignore`` (default :data:`NON_RESULT_KEYS`) are left out; tuples and lists compare equal.
+    With ``run_dir``, ``old`` is that run's record: its paths (:data:`PATH_KEYS`) are resolved from
+    the run folder and the repository root, and ``new``'s from the working directory, before they
+    are compared (a copied or moved study matches its records).
     """
+    if run_dir is not None:
+        old, new = resolved_config(old, run_dir), resolved_config(new)
     flat_old = _flatten(old if isinstance(old, dict) else config_to_dict(old))
     flat_new = _flatten(new if isinstance(new, dict) else config_to_dict(new))
 
@@ -185,3 +212,148 @@ def check_writable(folder: str | Path, what: str) -> Path:
     except OSError as err:
         raise ConfigError(f"cannot write to {what} {folder}: {err.strerror or err}") from None
     return folder
+
+
+# --- one writer per folder ---------------------------------------------------------------------------
+LOCK_NAME = ".cdkd.lock"  # inside the folder; beside it LOCK_NAME + ".json" names the holder
+HELD_ENV = "CDKD_HELD_FOLDERS"  # folders a parent process holds for its children (reproduce -> notebook kernels)
+_held: dict[str, list] = {}  # folder -> [FileLock, depth]: a process may take its own folder again
+
+
+class FolderInUseError(ConfigError):
+    """Another live process writes into the folder; the message names it (pid, command, start time)."""
+
+
+def _holder_text(folder: Path) -> str:
+    try:
+        info = json.loads((folder / f"{LOCK_NAME}.json").read_text())
+        return f"pid {info['pid']} (`{info['command']}`, started {info['started']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (its record is unreadable)"
+
+
+def _held_by_parent(folder: Path) -> bool:
+    return str(folder) in os.environ.get(HELD_ENV, "").split(os.pathsep)
+
+
+def hold_folder(folder: str | Path, command: str | None = None) -> Path:
+    """Make this process the one writer of ``folder`` until :func:`release_folder` or its exit.
+
+    The lock is ``filelock``'s (an OS lock on ``folder/.cdkd.lock``, released by the kernel when the
+    process dies, so a dead holder's lock is simply taken over); ``.cdkd.lock.json`` records the
+    holder (pid, command, start time) for the refusal message. A process may hold its folder again
+    (nested calls), and a folder held by a parent process (``reproduce`` running a notebook) counts
+    as held by its children.
+
+    Raises:
+        FolderInUseError: another live process holds it, naming that process.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = check_writable(folder, "the folder").resolve()
+    key = str(folder)
+    if key in _held:
+        _held[key][1] += 1
+        return folder
+    if _held_by_parent(folder):
+        return folder
+    lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FolderInUseError(f"{folder} is being written by {_holder_text(folder)}; one writer per folder: "
+                               "wait for it to end or stop it (a notebook holds its out_dir until its kernel is "
+                               "shut down), or use another output folder") from None
+    _held[key] = [lock, 1]
+    record = {"pid": os.getpid(), "command": command or shlex.join(sys.argv),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(folder / f"{LOCK_NAME}.json", json.dumps(record) + "\n")
+    return folder
+
+
+def release_folder(folder: str | Path) -> None:
+    """Undo one :func:`hold_folder` of this process (the last one frees the folder)."""
+    key = str(Path(folder).resolve())
+    entry = _held.get(key)
+    if entry is None:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _held[key]
+        with contextlib.suppress(OSError):
+            (Path(key) / f"{LOCK_NAME}.json").unlink()
+        entry[0].release()
+
+
+@contextlib.contextmanager
+def holding(folder: str | Path, command: str | None = None):
+    """:func:`hold_folder` for a block."""
+    held = hold_folder(folder, command)
+    try:
+        yield held
+    finally:
+        release_folder(held)
+
+
+# --- portable records ----------------------------------------------------------------------------
+# Config keys that hold paths. Records store them relative (see :func:`portable_config`), so that a
+# copied or moved study, or a moved checkout, still matches its records.
+PATH_KEYS = ("data.root", "teacher.checkpoint", "model.pretrained")
+
+
+def _repo_root() -> Path:
+    """The checkout this package runs from (``$CDKD_ROOT`` when set, as for the notebooks)."""
+    return Path(os.environ.get("CDKD_ROOT") or Path(__file__).resolve().parents[2]).expanduser().resolve()
+
+
+def portable_path(value: str, run_dir: str | Path) -> str:
+    """``value`` as a record stores it: ``./x`` or ``../x`` relative to the run folder when it lies
+    in the run folder or beside it (a study's teacher), else relative to the repository root when it
+    lies there (``data/synth/mpii``), else absolute. Empty stays empty."""
+    if not value:
+        return value
+    path = Path(value).expanduser().resolve()
+    run_dir = Path(run_dir).resolve()
+    root = _repo_root().resolve()
+    study = run_dir.parent
+    if path.is_relative_to(study) and not root.is_relative_to(study):
+        rel = os.path.relpath(path, run_dir)
+        return rel if rel.startswith("..") else f"./{rel}"
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    return str(path)
+
+
+def resolve_recorded_path(value: str, run_dir: str | Path) -> str:
+    """The absolute path of a recorded ``value`` (:func:`portable_path` reversed)."""
+    if not value:
+        return value
+    if value.startswith(("./", "../")):
+        return str((Path(run_dir) / value).resolve())
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (_repo_root() / path).resolve())
+
+
+def _map_paths(config: dict, fn) -> dict:
+    out = json.loads(json.dumps(config))
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict) and isinstance(out[section].get(name), str):
+            out[section][name] = fn(out[section][name])
+    return out
+
+
+def portable_config(config: dict | Config, run_dir: str | Path) -> dict:
+    """A config dict for a run's records (config.yaml, metrics.json, checkpoints) with its paths
+    made relative (:func:`portable_path`)."""
+    config = config if isinstance(config, dict) else config_to_dict(config)
+    return _map_paths(config, lambda v: portable_path(v, run_dir))
+
+
+def resolved_config(config: dict | Config, run_dir: str | Path | None = None) -> dict:
+    """A config dict with its path keys absolute: a record's (``run_dir`` given) resolved as
+    :func:`resolve_recorded_path`, a live one's relative paths taken from the working directory."""
+    config = config if isinstance(config, dict) else config_to_dict(config)
+    if run_dir is None:
+        return _map_paths(config, lambda v: str(Path(v).expanduser().resolve()) if v else v)
+    return _map_paths(config, lambda v: resolve_recorded_path(v, run_dir))

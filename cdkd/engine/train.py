@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
-from cdkd.config import Config, ConfigError, config_to_dict, run_name
+from cdkd.config import Config, ConfigError, run_name
 from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
@@ -42,7 +42,8 @@ from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
 from cdkd.engine.progress import loader_batches, progress_bar, say
 from cdkd.engine.recorder import Recorder, trim_records
 from cdkd.engine.resume import check_resume, resume_state, save_state
-from cdkd.engine.run import atomic_write_text, epoch_seed, run_files, seed_everything, setup_run
+from cdkd.engine.run import (atomic_write_text, epoch_seed, hold_folder, portable_config, release_folder, run_files,
+                             seed_everything, setup_run)
 from cdkd.losses import simcc_loss
 from cdkd.models import build_pose_model
 from cdkd.models.load import load_model, save_checkpoint
@@ -185,8 +186,6 @@ def calibrate_weights(t: Training) -> None:
     (:func:`cdkd.engine.calibrate.calibrate`), from the first training batches; the model and distiller
     states (BatchNorm statistics) are restored afterwards, and the chosen values are written into
     the run's resolved ``config.yaml``. Deterministic, so a resumed run recomputes the same values."""
-    from cdkd.config import save_config
-
     d = t.cfg.distill
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in (t.bare_model, t.distiller)]
     alpha, beta = calibrate(t, d.calibrate_share, d.calibrate_batches)
@@ -197,7 +196,9 @@ def calibrate_weights(t: Training) -> None:
         module.load_state_dict(state)
     d.alpha, d.beta = alpha, beta
     if t.dist.is_main:
-        save_config(t.cfg, t.run_dir / "config.yaml")
+        import yaml
+
+        atomic_write_text(t.run_dir / "config.yaml", yaml.safe_dump(portable_config(t.cfg, t.run_dir), sort_keys=False))
     say(t.cfg.train.progress, f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
         f"alpha = {alpha:.4g}, beta = {beta:.4g}")
 
@@ -211,7 +212,8 @@ def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Disti
 
     s_feat, s_cls = shapes(student)
     t_feat, t_cls = shapes(teacher)
-    return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs)
+    return Distiller(cfg.distill, s_feat, t_feat, s_cls, t_cls, total_epochs=cfg.train.epochs,
+                     shuffle_teacher=cfg.teacher.shuffle)
 
 
 def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: DistInfo) -> DataLoader:
@@ -403,10 +405,9 @@ def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_
     check_device(cfg)
     if resume == "auto":
         resume = target / "last.pth" if (target / "last.pth").exists() else None
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
     if resume:
-        return (resume, *check_resume(cfg, resume, accept_config_change), target)
+        own = _own_checkpoint_folder(Path(resume), target, overwrite)
+        return (resume, *check_resume(cfg, resume, accept_config_change), own)
     if not run_files(target):
         return None, None, {}, target
     if not overwrite:
@@ -417,6 +418,27 @@ def _plan_run(cfg: Config, target: Path, resume, overwrite: bool, accept_config_
     if int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(staging, ignore_errors=True)  # left by a killed earlier --overwrite
     return None, None, {}, staging
+
+
+def _own_checkpoint_folder(resume: Path, target: Path, overwrite: bool) -> Path:
+    """The folder a ``--resume`` checkpoint continues in: ``target`` itself, or, with ``overwrite``
+    given again, its staging sibling (an ``--overwrite`` that was killed; it replaces ``target``
+    once it has finished). A checkpoint of any other folder is refused: continuing it in ``target``
+    would mix two runs."""
+    folder = resume.resolve().parent
+    if folder == target.resolve():
+        if overwrite:
+            raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
+        return target
+    if folder == staging_dir(target).resolve():
+        if not overwrite:
+            raise RunFolderError(f"--resume {resume} is the unfinished --overwrite of {target}, which replaces the "
+                                 "finished run there once it ends; give --overwrite as well to continue replacing it, "
+                                 "or leave out --resume to keep the finished run")
+        return staging_dir(target)
+    raise RunFolderError(f"--resume {resume} is not a checkpoint of the run folder {target} (nor of its unfinished "
+                         f"--overwrite); resume continues the run in --out only: give --out {resume.parent}, or "
+                         "start a new run without --resume")
 
 
 def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -436,12 +458,25 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
     ``steps.csv``, ``skipped.json``, TensorBoard events and the final ``metrics.json``.
     """
     target = Path(run_dir) if run_dir else Path(cfg.train.out_dir) / run_name(cfg)
+    check_device(cfg)
+    main = int(os.environ.get("RANK", "0")) == 0
+    held = hold_folder(target) if main else None  # one writer per run folder, before anything is read or written
+    try:
+        return _fit(cfg, target, resume, stop_after, overwrite, accept_config_change)
+    finally:
+        if held is not None:
+            release_folder(held)
+
+
+def _fit(cfg: Config, target: Path, resume, stop_after: int | None, overwrite: bool,
+         accept_config_change: bool) -> Path:
+    """The body of :func:`fit`, once it holds the run folder."""
     resume, state, changes, train_dir = _plan_run(cfg, target, resume, overwrite, accept_config_change)
     try:
         t = build_training(cfg, train_dir)
         check_eval_data(t.val_set, cfg)
     except BaseException:
-        if train_dir != target:  # the failed replacement leaves nothing behind; the old run is untouched
+        if train_dir != target and not resume:  # a failed replacement leaves nothing; the old run is untouched
             shutil.rmtree(train_dir, ignore_errors=True)
         raise
     start_epoch, best, history = 0, -math.inf, []
@@ -472,7 +507,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
                     record["val"] = metrics
                     if metrics["main"] > best:
                         best = metrics["main"]
-                        save_checkpoint(t.run_dir / "best.pth", t.bare_model, config=config_to_dict(cfg),
+                        save_checkpoint(t.run_dir / "best.pth", t.bare_model, config=portable_config(cfg, t.run_dir),
                                         epoch=epoch, metrics=_scalars(metrics))
                 barrier(t.dist)
             row = _scalars(record)
@@ -493,6 +528,7 @@ def fit(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | Non
             _write_skipped(t.run_dir, t.train_set, t.val_set)
             write_metrics(t.run_dir / "metrics.json", final, cfg, t.bare_model,
                           extra={"best": best, "config_changes": accepted,
+                                 "first_epoch_train": history[0].get("train", {}),
                                  "last_epoch_train": history[-1].get("train", {}),
                                  "persons_skipped": {"train": len(t.train_set.skipped),
                                                      "val": len(t.val_set.skipped)}})
