@@ -7,25 +7,21 @@ project's ``pyproject.toml`` and ``notebooks/``), never against the kernel's wor
 
 Folders (all relative to the root unless given absolute):
 
-* ``data_root`` defaults to ``data/synth`` (git-ignored);
+* ``data_root`` left empty means the synthetic set of the notebook's size, one folder per size
+  (``data/synth-n{train}-{val}-s{seed}``, git-ignored; :func:`cdkd.pipeline.ensure_data`);
 * ``out_dir`` left empty means ``runs/<preset>`` (git-ignored); ``python -m cdkd reproduce`` passes
   ``results/<preset>`` explicitly, so nothing a user runs by hand writes into the committed ``results/``.
 
-Progress: tqdm's notebook bars are widgets whose state a headless run (papermill, nbclient) never
-saves, so they stay at 0 % in the executed notebook and print nothing to ``--log-output``.
-:class:`LineProgress` prints plain lines instead; :func:`log_progress` makes training use it.
+Progress is the engine's setting ``train.progress`` (:mod:`cdkd.engine.progress`): the notebooks pass
+their ``progress`` parameter to the pipeline as ``extra=(f"train.progress={progress}",)``; ``bar`` in
+JupyterLab, ``lines`` for papermill's ``--log-output`` (a headless run never saves a widget's state).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
-
-from tqdm.std import tqdm as _std_tqdm
 
 ROOT_ENV = "CDKD_ROOT"  # set it to force the root (e.g. a checkout elsewhere)
 
@@ -60,8 +56,11 @@ def repo_root(start: str | Path | None = None) -> Path:
     return here
 
 
-def resolve(path: str | Path, root: str | Path | None = None) -> Path:
-    """``path`` made absolute: kept when absolute, else taken relative to the repository root."""
+def resolve(path: str | Path, root: str | Path | None = None) -> Path | str:
+    """``path`` made absolute: kept when absolute, else taken relative to the repository root. An
+    empty ``path`` stays ``""`` (a default chosen later, e.g. :func:`cdkd.pipeline.ensure_data`'s)."""
+    if not str(path).strip():
+        return ""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (Path(root) if root else repo_root()) / p
 
@@ -71,8 +70,9 @@ def default_out_dir(out_dir: str | Path, preset: str, root: str | Path | None = 
     return resolve(out_dir if str(out_dir).strip() else Path("runs") / preset, root)
 
 
-def folders(preset: str, data_root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """The (data_root, out_dir) a notebook works in, both absolute; see the module docstring."""
+def folders(preset: str, data_root: str | Path, out_dir: str | Path) -> tuple[Path | str, Path]:
+    """The (data_root, out_dir) a notebook works in, absolute; an empty ``data_root`` stays empty
+    (:func:`cdkd.pipeline.ensure_data` chooses it by size); see the module docstring."""
     return resolve(data_root), default_out_dir(out_dir, preset)
 
 
@@ -95,65 +95,3 @@ def shown(value: Any, root: str | Path | None = None) -> Any:
         except ValueError:
             return str(p)
     return value
-
-
-class LineProgress(_std_tqdm):
-    """A tqdm bar printed as one plain line every ``mininterval`` seconds (default 30 s).
-
-    Lines (not carriage-return redraws, not widgets) read well in papermill's ``--log-output``, in an
-    executed notebook's stored output and in a log file.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        kwargs.setdefault("mininterval", float(os.environ.get("CDKD_PROGRESS_SECONDS", 30)))
-        self._lines = kwargs.get("file") or sys.stdout  # where our lines go
-        kwargs["file"] = io.StringIO()  # tqdm's own redraws and newlines go nowhere
-        kwargs["dynamic_ncols"] = False
-        kwargs["ncols"] = 0  # no bar graphic: counts, rate, elapsed, postfix
-        kwargs["ascii"] = True
-        self._last_line, self._last_n = 0.0, -1
-        super().__init__(*args, **kwargs)
-
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        if msg == "":  # tqdm clearing the bar: lines stay
-            return True
-        text = msg if msg is not None else self.__str__()
-        now = time.monotonic()
-        if self.n == self._last_n or (self.n and self.total and self.n < self.total
-                                      and now - self._last_line < self.mininterval):
-            return True  # nothing new, or too soon: the end of a run is always printed
-        self._emit(text, now)
-        return True
-
-    def _emit(self, text: str, now: float) -> None:
-        self._last_line, self._last_n = now, self.n
-        self._lines.write(text.strip() + "\n")
-        self._lines.flush()
-        self.fp.seek(0)
-        self.fp.truncate()
-
-    def close(self) -> None:
-        """Print the final state (tqdm's ``leave=False`` would only clear the bar), then close."""
-        if not self.disable and self.n != self._last_n:
-            self._emit(self.__str__(), time.monotonic())
-        super().close()
-
-
-def log_progress(seconds: float = 30.0) -> type:
-    """Make training and evaluation (``cdkd.engine``) report progress as a line every ``seconds``.
-
-    A stopgap until the engine takes its progress class as an option: it replaces the ``tqdm`` name
-    the training and evaluation modules use, in this process only. Besides readable logs, this
-    avoids tqdm's notebook widget bar inside the training loop, which in a Jupyter kernel left
-    "AssertionError: can only test a child process" on stderr when DataLoader workers were forked.
-
-    Returns:
-        The progress class now in use.
-    """
-    import cdkd.engine.evaluate as evaluate
-    import cdkd.engine.train as train
-
-    os.environ["CDKD_PROGRESS_SECONDS"] = str(seconds)
-    train.tqdm = LineProgress
-    evaluate.tqdm = LineProgress
-    return LineProgress

@@ -213,9 +213,41 @@ def check_parameters(preset: str, out_dir: str | Path, seed: int = 0, res: int |
     return out
 
 
-def ensure_data(data_root: str | Path, n_train: int = 4000, n_val: int = 1000, seed: int = 0) -> Path:
+# Synthetic persons (train, val) of each preset family, when a notebook or ``reproduce`` is given no
+# size (0): the demo's are the committed study's; tiny trains on 24 samples (max_samples) anyway.
+SYNTHETIC_SIZES: dict[str, tuple[int, int]] = {"demo": (4000, 1000), "tiny": (30, 20)}
+
+
+def synthetic_size(preset: str, n_train: int = 0, n_val: int = 0) -> tuple[int, int]:
+    """(train, val) persons: the given counts, 0 meaning the preset family's (:data:`SYNTHETIC_SIZES`)."""
+    train, val = SYNTHETIC_SIZES.get(preset, SYNTHETIC_SIZES["demo"])
+    return int(n_train) or train, int(n_val) or val
+
+
+def synthetic_root(n_train: int, n_val: int, seed: int = 0) -> Path:
+    """The default folder of a generated set, one per size and seed (``data/synth-n4000-1000-s0``), so
+    that notebooks and ``reproduce`` asking for different sizes never meet in one folder."""
+    return Path("data") / f"synth-n{n_train}-{n_val}-s{seed}"
+
+
+def ensure_data(data_root: str | Path | None, n_train: int = 0, n_val: int = 0, seed: int = 0,
+                preset: str = "demo") -> Path:
     """The dataset under ``data_root``: real or synthetic MPII (``data_root/mpii``) when present,
-    else the synthetic people are generated there (so every notebook runs on a fresh machine)."""
+    else the synthetic people are generated there (so every notebook runs on a fresh machine).
+
+    Args:
+        data_root: the folder; empty or None: :func:`synthetic_root` of the size, under the
+            repository root.
+        n_train, n_val: persons to generate; 0: the preset family's (:func:`synthetic_size`).
+
+    Returns:
+        The folder (absolute when it was chosen here).
+    """
+    n_train, n_val = synthetic_size(preset, n_train, n_val)
+    if data_root is None or not str(data_root).strip():
+        from cdkd.notebook import resolve
+
+        data_root = resolve(synthetic_root(n_train, n_val, seed))
     root = Path(data_root)
     if (root / "mpii" / "annot").is_dir():
         return root

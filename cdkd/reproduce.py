@@ -178,7 +178,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
     """(notebook, executed copy name, parameters) in order."""
     common = {"preset": args.preset, "data_root": args.data_root, "out_dir": args.out, "device": args.device,
-              "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val}
+              "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val,
+              "progress": "lines"}  # train.progress: lines that --log-output streams
     steps = [
         ("01_data.ipynb", "01_data.ipynb", {**common, "res": args.res[-1]}),
         ("02_teacher.ipynb", "02_teacher.ipynb", common),
@@ -271,7 +272,8 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
-    p.add_argument("--data-root", default=None, help="synthetic data root (default data/synth, tiny: data/tiny)")
+    p.add_argument("--data-root", default="", help="data root (default: the synthetic set of the size, "
+                                                   "data/synth-n{train}-{val}-s0, one folder per size)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="student seeds; every arm trains each seed (paired) (default: 0, what fits the main "
                         "job's 45 minutes on a 2-core CPU; add seeds by further calls)")
@@ -280,10 +282,11 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
                    help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher; "
                         "also cdkd-official, cdkd-paper-tau4, sape, cca-etht and the ablations of cdkd.pipeline)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs of every run; 0: the presets' (default: 0)")
-    p.add_argument("--n-train", type=int, default=None,
-                   help="synthetic training persons (default: 4000, as the notebooks, on which the demo teacher "
-                        "reaches PCKh >= 60; tiny: 1000)")
-    p.add_argument("--n-val", type=int, default=1000, help="synthetic validation persons (default: 1000)")
+    p.add_argument("--n-train", type=int, default=0,
+                   help="synthetic training persons; 0: the preset's (demo 4000, on which the demo teacher reaches "
+                        "PCKh >= 60; tiny 30), as in the notebooks (default: 0)")
+    p.add_argument("--n-val", type=int, default=0, help="synthetic validation persons; 0: the preset's (demo 1000, "
+                                                        "tiny 20) (default: 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--shares", default="",
                    help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
@@ -305,8 +308,9 @@ def _reproduce(args: argparse.Namespace, argv: list[str]) -> int:
     from cdkd.engine.run import HELD_ENV, hold_folder, release_folder
 
     args.out = args.out or f"results/{args.preset}"
-    args.n_train = args.n_train or (1000 if args.preset == "tiny" else 4000)
-    args.data_root = args.data_root or ("data/tiny" if args.preset == "tiny" else "data/synth")
+    from cdkd.pipeline import synthetic_size
+
+    args.n_train, args.n_val = synthetic_size(args.preset, args.n_train, args.n_val)  # 0: the preset's
     cwd = Path.cwd()
     out = Path(args.out)
     check_arguments(args)  # before any data is generated or model trained

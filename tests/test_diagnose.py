@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cdkd.config import ConfigError, load_config
-from cdkd.diagnose import calibrate, measure, part_gradients, shares_from
+from cdkd.distill.shares import part_gradients, shares_from
+from cdkd.engine.calibrate import calibrate, measure
 from cdkd.engine.train import build_training, compute_losses, fit
 
 REPO = Path(__file__).resolve().parents[1]

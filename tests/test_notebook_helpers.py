@@ -1,6 +1,6 @@
 """cdkd.notebook: the repository root wherever the kernel runs, default folders, readable progress lines."""
 
-import io
+import json
 from pathlib import Path
 
 import pytest
@@ -49,36 +49,20 @@ def test_shown_writes_paths_relative_to_the_root(tmp_path):
     assert notebook.shown(value, root) == {"teacher": "runs/demo/runs/teacher", "list": ["data", 3], "outside": "/elsewhere/x"}
 
 
-def test_line_progress_prints_throttled_plain_lines():
-    out = io.StringIO()
-    bar = notebook.LineProgress(total=100, desc="epoch 1/3", file=out, mininterval=1000)
-    for _ in range(100):
-        bar.update(1)
-        bar.set_postfix({"loss": "0.5"}, refresh=False)
-    bar.close()
-    lines = out.getvalue().splitlines()
-    assert "\r" not in out.getvalue()
-    assert len(lines) == 2, lines  # the start and the end, nothing in between within mininterval
-    assert lines[0].startswith("epoch 1/3: ") and "0/100" in lines[0]
-    assert "100/100" in lines[-1] and "loss=0.5" in lines[-1]
-    quick = io.StringIO()
-    bar = notebook.LineProgress(total=3, file=quick, mininterval=0)
-    for _ in range(3):
-        bar.update(1)
-    bar.close()
-    assert [line.split("/")[0][-1] for line in quick.getvalue().splitlines()] == ["0", "1", "2", "3"]
-    transient = io.StringIO()  # the engine's bars use leave=False: the last state is still printed
-    bar = notebook.LineProgress(total=10, file=transient, mininterval=1000, leave=False)
-    bar.update(10)
-    bar.close()
-    assert [line.split(" [")[0] for line in transient.getvalue().splitlines()] == ["0% 0/10", "100% 10/10"]
+@pytest.mark.parametrize("first", [0, 1])
+def test_the_data_step_for_two_sizes_works_in_either_order(tmp_path, monkeypatch, first):
+    """Notebooks and reproduce asking for different sizes (here tiny's 30 + 20 and 12 + 8 persons)
+    get one folder per size under the root, whichever comes first; asking again reuses it."""
+    from cdkd import pipeline
 
-
-def test_log_progress_switches_the_training_bar(monkeypatch):
-    import cdkd.engine.evaluate as evaluate
-    import cdkd.engine.train as train
-
-    monkeypatch.setattr(train, "tqdm", train.tqdm)  # restored after the test
-    monkeypatch.setattr(evaluate, "tqdm", evaluate.tqdm)
-    assert notebook.log_progress(5) is notebook.LineProgress
-    assert train.tqdm is notebook.LineProgress and evaluate.tqdm is notebook.LineProgress
+    monkeypatch.setenv(notebook.ROOT_ENV, str(tmp_path))
+    sizes = [(0, 0), (12, 8)]  # 0: the preset's
+    order = sizes if first == 0 else sizes[::-1]
+    roots = {size: pipeline.ensure_data("", *size, preset="tiny") for size in order}
+    assert roots[(0, 0)] == tmp_path / "data" / "synth-n30-20-s0"
+    assert roots[(12, 8)] == tmp_path / "data" / "synth-n12-8-s0"
+    for size, root in roots.items():
+        summary = json.loads((root / "synth_summary.json").read_text())
+        assert summary["requested"] == dict(zip(("train", "val"), pipeline.synthetic_size("tiny", *size)))
+        assert pipeline.ensure_data("", *size, preset="tiny") == root  # reused
+    assert notebook.folders("tiny", "", "")[0] == ""  # left to ensure_data, not the root itself

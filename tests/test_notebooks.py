@@ -1,6 +1,8 @@
 """Every notebook executes headlessly (papermill) on the tiny preset and produces its tables and figures."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -21,6 +23,20 @@ def test_notebook_is_stored_clean_with_one_parameters_cell(name):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "stored without outputs"
             assert "\ndef " not in "\n" + cell.source and "\nclass " not in "\n" + cell.source
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_tracked_notebook_is_what_the_git_filter_stores(name):
+    """The README's install makes git read notebooks through nbstripout (extra key
+    metadata.language_info): a tracked notebook must come out of that filter unchanged (no outputs,
+    no execution counts, no kernel version), else JupyterLab's save shows up in git status."""
+    path = NOTEBOOK_DIR / name
+    stored = subprocess.run([sys.executable, "-m", "nbstripout", "-t", "--extra-keys", "metadata.language_info",
+                             str(path)], capture_output=True, text=True, check=True).stdout
+    assert stored == path.read_text(), f"{path}: run nbstripout on it (outputs, counts or metadata left in)"
+    nb = nbformat.reads(stored, as_version=4)
+    assert nb.metadata == {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                          "name": "python3"}}, "the kernelspec JupyterLab writes, nothing more"
 
 
 @pytest.mark.notebook
@@ -106,7 +122,8 @@ def test_user_command_in_notebooks_folder_writes_only_git_ignored_root_folders(t
                                cwd=str(clone / "notebooks"), progress_bar=False, kernel_name="python3")
     assert sorted(p.name for p in (clone / "notebooks").iterdir()) == ["03_distill.ipynb"]
     assert sorted(p.name for p in clone.iterdir()) == ["data", "notebooks", "pyproject.toml", "runs"]
-    assert (clone / "data/synth/mpii/annot/gt_valid.mat").exists()
+    assert [p.name for p in (clone / "data").iterdir()] == ["synth-n30-20-s0"]
+    assert (clone / "data/synth-n30-20-s0/mpii/annot/gt_valid.mat").exists()  # one folder per size
     assert (clone / "runs/tiny/runs/teacher/best.pth").exists()
     for variant in ("baseline", "cdkd-paper"):
         assert (clone / f"runs/tiny/runs/r32_s0_{variant}/metrics.json").exists()

@@ -743,6 +743,9 @@ def _link(link: Path, target: str) -> None:
         raise DataError(f"cannot create the symlink {link} -> {target}: {err}") from None
 
 
+PROGRESS_SECONDS = 15.0  # generation prints a progress line this often
+
+
 def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: int) -> dict:
     counts = _plan(seed, split, persons)
     image_dir = out / "images" / split
@@ -758,7 +761,12 @@ def _synthesize_split(out: Path, split: str, persons: int, seed: int, workers: i
     missing, pos, heads = [], [], []
     ann_id = 0
     vis_counts = np.zeros(3, dtype=np.int64)
+    shown = time.monotonic()
+    print(f"synthetic people, {split}: drawing {len(jobs)} images ({persons} persons) into {out.name}/", flush=True)
     for i, (jpeg, width, height, people) in enumerate(results):
+        if time.monotonic() - shown >= PROGRESS_SECONDS:  # a line the notebook and papermill --log-output show
+            shown = time.monotonic()
+            print(f"synthetic people, {split}: {i}/{len(jobs)} images", flush=True)
         image_id = id_base + i + 1
         file_name = f"{image_id:012d}.jpg"
         (image_dir / file_name).write_bytes(jpeg)

@@ -91,7 +91,7 @@ class DistillStep(NamedTuple):
             :func:`cdkd.distill.cca.normalised_entropy`) and, with an SAU, 'sau_w0'.. (mean weight
             of each candidate over the batch and the joints).
         parts: the weighted terms of Eq. 8 with their graphs ('task', 'feature', 'logit'), for
-            measuring each term's gradient (:mod:`cdkd.diagnose`).
+            measuring each term's gradient (:mod:`cdkd.distill.shares`).
     """
 
     total: Tensor

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from cdkd.config import Config
 from cdkd.data.transforms import transform_preds
+from cdkd.engine.progress import loader_batches, progress_bar
 from cdkd.inference import predict_crops
 
 
@@ -42,18 +42,21 @@ def predict_dataset(model: nn.Module, dataset, cfg: Config, device: torch.device
     parts: dict[str, list] = {k_: [] for k_ in ("coords", "scores", "crop_coords", "index", "image_id", "box_score", "area")}
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     parts["valid"] = []
-    for batch in tqdm(loader, desc="evaluate", disable=not progress, leave=False, dynamic_ncols=True):
-        image = batch["image"].to(device).contiguous(memory_format=fmt)
-        crop, scores = predict_crops(model, image, dataset.flip_pairs, flip, cfg.eval.flip_shift)  # [B,J,2], [B,J]
-        crop = crop.cpu().numpy()
-        center, scale = batch["center"].numpy(), batch["scale"].numpy()
-        coords = transform_preds(crop, center, scale, (h, w))  # [B,J,2] image px
-        parts["coords"].append(coords)
-        parts["crop_coords"].append(crop)
-        parts["scores"].append(scores.cpu().numpy())
-        for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score"), ("valid", "valid")):
-            parts[key].append(np.asarray(batch[name]))
-        parts["area"].append(np.prod(scale * 200.0, axis=1))  # the enlarged box area, as HRNet's OKS-NMS
+    mode = cfg.train.progress if progress else "none"
+    with progress_bar(mode, len(loader), "evaluate") as bar, loader_batches(loader) as batches:
+        for batch in batches:
+            image = batch["image"].to(device).contiguous(memory_format=fmt)
+            crop, scores = predict_crops(model, image, dataset.flip_pairs, flip, cfg.eval.flip_shift)  # [B,J,2], [B,J]
+            crop = crop.cpu().numpy()
+            center, scale = batch["center"].numpy(), batch["scale"].numpy()
+            coords = transform_preds(crop, center, scale, (h, w))  # [B,J,2] image px
+            parts["coords"].append(coords)
+            parts["crop_coords"].append(crop)
+            parts["scores"].append(scores.cpu().numpy())
+            for key, name in (("index", "index"), ("image_id", "image_id"), ("box_score", "score"), ("valid", "valid")):
+                parts[key].append(np.asarray(batch[name]))
+            parts["area"].append(np.prod(scale * 200.0, axis=1))  # the enlarged box area, as HRNet's OKS-NMS
+            bar.update(1)
     out = {k_: np.concatenate(v) for k_, v in parts.items()}
     # a sample whose image could not be read (skip mode, maybe in a worker process) is no prediction
     keep = out.pop("valid").astype(bool)

@@ -27,7 +27,6 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
 from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
@@ -36,8 +35,11 @@ from cdkd.data.topdown import build_dataset
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
+from cdkd.distill.shares import adam_second_moment, part_gradients, shares_from
+from cdkd.engine.calibrate import calibrate
 from cdkd.engine.dist import DistInfo, all_reduce_mean, barrier, cleanup, init_distributed, resolve_device
 from cdkd.engine.evaluate import check_eval_data, evaluate, write_metrics
+from cdkd.engine.progress import loader_batches, progress_bar, say
 from cdkd.engine.recorder import Recorder, trim_records
 from cdkd.engine.resume import check_resume, resume_state, save_state
 from cdkd.engine.run import (atomic_write_text, epoch_seed, hold_folder, portable_config, release_folder, run_files,
@@ -68,6 +70,14 @@ class Training:
     def bare_model(self) -> nn.Module:
         """The plain pose model under torch.compile / DistributedDataParallel wrappers."""
         return unwrap(self.model)
+
+    def loader(self, epoch: int) -> DataLoader:
+        """The training loader of ``epoch`` (:func:`make_loader`)."""
+        return make_loader(self.train_set, self.cfg, epoch, self.device, self.dist)
+
+    def losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:func:`compute_losses` of ``batch`` with this run's models."""
+        return compute_losses(self.model, batch, self.cfg, self.device, self.teacher, self.distiller)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -173,11 +183,9 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
 
 def calibrate_weights(t: Training) -> None:
     """Set alpha and beta so that each distillation term has ``distill.calibrate_share`` of the update
-    (:func:`cdkd.diagnose.calibrate`), from the first training batches; the model and distiller
+    (:func:`cdkd.engine.calibrate.calibrate`), from the first training batches; the model and distiller
     states (BatchNorm statistics) are restored afterwards, and the chosen values are written into
     the run's resolved ``config.yaml``. Deterministic, so a resumed run recomputes the same values."""
-    from cdkd.diagnose import calibrate
-
     d = t.cfg.distill
     saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in (t.bare_model, t.distiller)]
     alpha, beta = calibrate(t, d.calibrate_share, d.calibrate_batches)
@@ -191,8 +199,8 @@ def calibrate_weights(t: Training) -> None:
         import yaml
 
         atomic_write_text(t.run_dir / "config.yaml", yaml.safe_dump(portable_config(t.cfg, t.run_dir), sort_keys=False))
-    tqdm.write(f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
-               f"alpha = {alpha:.4g}, beta = {beta:.4g}")
+    say(t.cfg.train.progress, f"calibrated for a share of {d.calibrate_share:g} per distillation term: "
+        f"alpha = {alpha:.4g}, beta = {beta:.4g}")
 
 
 def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Distiller:
@@ -244,7 +252,7 @@ def compute_losses(
     distiller: Distiller | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward the student (and, with a distiller, the teacher); return L_total (Eq. 8), the logged
-    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.diagnose`)."""
+    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.distill.shares`)."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     tx = batch["target_x"].to(device, non_blocking=True)
@@ -314,37 +322,34 @@ def train_one_epoch(
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # the shares are measured on logged steps only
     done = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main,
-               dynamic_ncols=True, leave=False)
     start = time.perf_counter()
-    for i, batch in enumerate(loader):
-        if i >= steps:
-            break
-        loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
-        log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
-        shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
-        # one device->host copy per step for every logged term (not one sync per term)
-        names = [*terms, "loss"]
-        values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
-        if not math.isfinite(values["loss"]):
-            raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if shares is not None:
-            values.update(finish_shares(optimizer, scaler, shares))
-        sync_distiller_grads(distiller, dist)
-        scaler.step(optimizer)
-        scaler.update()
-        for k, v in values.items():
-            sums[k] = sums.get(k, 0.0) + v
-            counts[k] = counts.get(k, 0) + 1
-        if log_now:
-            values["lr"] = optimizer.param_groups[0]["lr"]
-            recorder.step(epoch * steps + i, epoch, values)
-        bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
-        bar.update(1)
-        done += 1
-    bar.close()
+    with progress_bar(cfg.train.progress, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main) as bar, \
+            loader_batches(loader, steps) as batches:  # its workers are shut down however the loop ends
+        for i, batch in enumerate(batches):
+            loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
+            log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
+            shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
+            # one device->host copy per step for every logged term (not one sync per term)
+            names = [*terms, "loss"]
+            values = dict(zip(names, torch.stack([*(v.float() for v in terms.values()), loss.detach().float()]).tolist()))
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}, step {i}: {values}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if shares is not None:
+                values.update(finish_shares(optimizer, scaler, shares))
+            sync_distiller_grads(distiller, dist)
+            scaler.step(optimizer)
+            scaler.update()
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            if log_now:
+                values["lr"] = optimizer.param_groups[0]["lr"]
+                recorder.step(epoch * steps + i, epoch, values)
+            bar.set_postfix({k: f"{values[k]:.4g}" for k in ("loss", "task", "feature", "logit", "tau") if k in values})
+            bar.update(1)
+            done += 1
     n = max(1, done)
     means = {k: v / counts[k] for k, v in sums.items()}
     means["samples_per_s"] = n * loader.batch_size * dist.world_size / max(time.perf_counter() - start, 1e-9)
@@ -356,8 +361,6 @@ def measure_shares(model: nn.Module, distiller: Distiller | None, dist: DistInfo
     """Before the step's backward: the gradients of the feature and logit parts of Eq. 8 on the
     student (two extra backward passes, only on logged steps). None where it does not apply
     (DDP, or a baseline whose distillation parts are zeros)."""
-    from cdkd.diagnose import part_gradients
-
     if dist.enabled or distiller is None:
         return None
     params = [p for p in unwrap(model).parameters() if p.requires_grad]  # the student's, not the distiller's
@@ -366,9 +369,7 @@ def measure_shares(model: nn.Module, distiller: Distiller | None, dist: DistInfo
 
 def finish_shares(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, pending: dict) -> dict[str, float]:
     """After the backward: the task part's gradient is the total minus the other two (Eq. 8 is a
-    sum); the shares use Adam's own second moment (see :mod:`cdkd.diagnose`)."""
-    from cdkd.diagnose import adam_second_moment, shares_from
-
+    sum); the shares use Adam's own second moment (see :mod:`cdkd.distill.shares`)."""
     params, grads = pending["params"], pending["grads"]
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     total = [(p.grad.detach() / scale) if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -537,8 +538,8 @@ def _fit(cfg: Config, target: Path, resume, stop_after: int | None, overwrite: b
                 save_state(t.run_dir / "last.pth", epoch, t.bare_model, t.optimizer, t.scheduler, t.scaler, cfg,
                            best, history, t.distiller)
                 summary = record.get("val", {}).get("main")
-                tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
-                           + (f", val {summary:.3f}" if summary is not None else ""))
+                say(cfg.train.progress, f"epoch {epoch + 1}/{cfg.train.epochs}: loss {means.get('loss', float('nan')):.4f}"
+                    + (f", val {summary:.3f}" if summary is not None else ""))
         if t.dist.is_main and history and end == cfg.train.epochs:
             final = dict(history[-1].get("val", {}))
             accepted = [{"epoch": h["epoch"], "changes": h["config_changes"]}
