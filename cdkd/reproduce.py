@@ -274,10 +274,12 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
     p.add_argument("--data-root", default="", help="data root (default: the synthetic set of the size, "
                                                    "data/synth-n{train}-{val}-s0, one folder per size)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="student seeds; every arm trains each seed (paired) (default: 0, what fits the main "
-                        "job's 45 minutes on a 2-core CPU; add seeds by further calls)")
-    p.add_argument("--res", type=int, nargs="+", default=[32, 64], help="student resolutions (default: 32 64)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="student seeds; every arm trains each seed (paired) (default: 0 1 2, what fits the main "
+                        "job's 45 minutes on a 2-core CPU at one resolution; add seeds by further calls that list "
+                        "every seed)")
+    p.add_argument("--res", type=int, nargs="+", default=[32],
+                   help="student resolutions (default: 32; 64 by a further call, e.g. --res 32 64)")
     p.add_argument("--variants", default="baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher",
                    help="arms, comma-separated (default: baseline,cdkd-paper,cdkd-random-teacher,cdkd-shuffled-teacher; "
                         "also cdkd-official, cdkd-paper-tau4, sape, cca-etht and the ablations of cdkd.pipeline)")
