@@ -44,7 +44,8 @@ def test_tracked_notebook_is_what_the_git_filter_stores(name):
 def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "results"
-    code = cli(["--preset", "tiny", "--seeds", "0", "--out", str(out), "--data-root", str(tmp_path / "data"),
+    code = cli(["--preset", "tiny", "--seeds", "0", "--res", "32", "64", "--out", str(out),
+                "--data-root", str(tmp_path / "data"),
                 "--n-train", "30", "--n-val", "20", "--ablations", "--shares", "0,0.15,0.45"])
     assert code == 0
     executed = {p.name for p in out.glob("*.ipynb")}
