@@ -189,7 +189,7 @@ def check_parameters(preset: str, out_dir: str | Path, seed: int = 0, res: int |
     except ConfigError as err:
         raise ConfigError(f"parameter 'preset' ({preset!r}) or 'device' ({device!r}): {err}") from None
     check_device(teacher)
-    names = _names(variants, "variant", VARIANTS)
+    names = _names(variants, "variant", {**VARIANTS, **ABLATIONS})  # any arm student_config builds
     names += _names(ablations, "ablation", ABLATIONS)
     values = parse_shares(shares)
     names += [share_variant(v) for v in values]

@@ -202,6 +202,11 @@ def test_reproduce_checks_arguments_before_any_notebook(tmp_path, monkeypatch, c
     assert not (tmp_path / "d").exists() and not (tmp_path / "K" / "timing.json").exists()
 
 
+def test_components_and_ablations_are_accepted_as_variants(tmp_path):
+    """Every arm a student config can be built for passes the check (the study's component arms too)."""
+    pipeline.check_parameters("tiny", tmp_path / "K", seed=0, res=32, variants="baseline,sape,cca-etht,cdkd-paper-tau4")
+
+
 def test_notebook_parameters_are_checked_in_the_first_cell(tmp_path):
     import nbformat
 
