@@ -163,7 +163,7 @@ def plot_metric_bars(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     seeds = sorted({n for *_, n, _ in bars if n is not None})
-    ax.set_title("ours: bar = mean over seeds" + (" (n = seeds)" if seeds else "") + f"; {spread_label}", fontsize=9)
+    ax.set_title("ours: bar = mean over seeds" + (" (n = seeds)" if seeds else "") + f"\n{spread_label}", fontsize=9)
     if shown:
         hi = max(shown)
         if zoom:
