@@ -8,9 +8,10 @@ form under an untrained teacher, and under a shuffled teacher); CDKD as released
 tables with paired confidence intervals and the answer (04) and the figures (05), executed
 headlessly with papermill; the executed copies land in the output folder beside ``summary.md`` and
 ``figures/``. Finished runs are reused, so an interrupted reproduction continues where it stopped,
-and ``--seeds`` / ``--res`` / ``--variants`` add runs to an existing study. Give every seed and
-variant the summary should count: it counts only the runs its call asked for, and lists the others
-it found.
+and ``--seeds`` / ``--res`` / ``--variants`` add runs to an existing study. The study of an output
+folder is what its calls asked for: the summary counts the runs requested by any call recorded in
+``timing.json`` (this one included) and lists the others it finds there (stray runs) as not counted.
+A call of another preset on the same folder is refused.
 
 Before anything runs, every notebook's parameters are checked (:func:`cdkd.pipeline.check_parameters`)
 and the output folder is held (one writer at a time; the notebooks' kernels inherit the hold). A
@@ -195,7 +196,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
                        "ablations": ABLATION_LIST if args.ablations else ""}))
     steps.append(("04_evaluate.ipynb", "04_evaluate.ipynb",
                   {"out_dir": args.out, "dataset": "mpii", "title": args.title, "note": args.note,
-                   "only_runs": ",".join(requested_runs(args))}))
+                   "only_runs": ",".join(getattr(args, "study", None) or requested_runs(args))}))
     for res in args.res:
         steps.append(("05_visualize.ipynb", f"05_visualize_r{res}.ipynb",
                       {**common, "res": res, "seed": args.seeds[0]}))
@@ -220,17 +221,22 @@ class Timing:
 
     def __init__(self, path: Path, command: str, machine: dict):
         self.path = path
-        calls = []
-        if path.exists():
-            try:
-                calls = list(json.loads(path.read_text()).get("calls", []))
-            except (json.JSONDecodeError, AttributeError) as e:
-                raise SystemExit(f"{path}: unreadable timing record ({e}); move it away to start a new one") from e
+        calls = self.read(path)
         self.machine = machine
         self.call = {"command": command, "commit": machine["git"], "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "finished": False, "seconds": 0.0, "steps": []}
         self.calls = [*calls, self.call]
         self.write()
+
+    @staticmethod
+    def read(path: Path) -> list[dict]:
+        """The calls recorded in ``path`` (none when it does not exist)."""
+        if not path.exists():
+            return []
+        try:
+            return list(json.loads(path.read_text()).get("calls", []))
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise SystemExit(f"{path}: unreadable timing record ({e}); move it away to start a new one") from e
 
     def add(self, notebook: str, seconds: float) -> None:
         self.call["steps"].append({"notebook": notebook, "seconds": round(seconds, 1)})
@@ -268,7 +274,8 @@ class Timing:
         return "\n".join(lines) + "\n"
 
 
-def cli(argv: list[str], command: str = "reproduce") -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``reproduce`` (also used to read back the calls recorded in ``timing.json``)."""
     p = argparse.ArgumentParser(prog="python -m cdkd reproduce", description=__doc__.splitlines()[0].replace("``", ""))
     p.add_argument("--preset", default="demo", help="preset family: demo (synthetic, CPU) or tiny (smoke test)")
     p.add_argument("--out", default=None, help="output folder (default results/<preset>)")
@@ -299,7 +306,37 @@ def cli(argv: list[str], command: str = "reproduce") -> int:
     p.add_argument("--sweep-res", type=int, default=32, help="resolution of the sweep and the ablations (default: 32)")
     p.add_argument("--ablations", action="store_true",
                    help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")
-    args = p.parse_args(argv)
+    return p
+
+
+def recorded_call(command: str) -> argparse.Namespace:
+    """The arguments of a call recorded in ``timing.json`` (its ``command`` as typed)."""
+    words = shlex.split(command)
+    if words[:4] != ["python", "-m", "cdkd", "reproduce"]:
+        raise ValueError(f"not a reproduce command: {command!r}")
+    return parser().parse_args(words[4:])
+
+
+def study_runs(calls: list[dict], args: argparse.Namespace) -> list[str]:
+    """The study of an output folder: the runs requested by each recorded call, then by this one
+    (``args``), in order, without repeats. A recorded call of another preset is a ConfigError:
+    one folder holds one preset's study."""
+    names: list[str] = []
+    for call in calls:
+        try:
+            earlier = recorded_call(call["command"])
+        except (ValueError, SystemExit, KeyError) as e:  # argparse exits on an unknown option
+            raise ConfigError(f"{args.out}/timing.json: a recorded call cannot be read back "
+                              f"({call.get('command')!r}); move timing.json away to start a new study") from e
+        if earlier.preset != args.preset:
+            raise ConfigError(f"{args.out} holds a study of preset '{earlier.preset}' (`{call['command']}` in "
+                              f"timing.json); give preset '{args.preset}' its own --out")
+        names += requested_runs(earlier)
+    return list(dict.fromkeys(names + requested_runs(args)))
+
+
+def cli(argv: list[str], command: str = "reproduce") -> int:
+    args = parser().parse_args(argv)
     from cdkd.engine.cli import run_command
 
     return run_command(command, lambda: _reproduce(args, argv))
@@ -334,11 +371,16 @@ def _run_notebooks(args: argparse.Namespace, out: Path, cwd: Path, command: str)
     """Execute the planned notebooks in order; ``timing.json`` after each, the run time in ``summary.md``."""
     from cdkd.engine.run import environment_info
 
+    timing_path = out / "timing.json"
+    earlier = Timing.read(timing_path)
+    args.study = study_runs(earlier, args)  # before timing.json records this call: a refused call leaves no trace
     args.title = f"cdkd reproduction, preset '{args.preset}' (synthetic people)"
-    args.note = (f"Made by `python -m cdkd reproduce --preset {args.preset}` "
-                 f"(seeds {args.seeds}, resolutions {args.res}) on {platform.machine()}, {os.cpu_count()} CPU cores.")
+    calls = [c["command"] for c in earlier] + [command]
+    made_by = "; ".join(f"`{c}`" for c in dict.fromkeys(calls))
+    args.note = (f"Made by {len(calls)} call{'s' if len(calls) > 1 else ''} on this folder ({made_by}) on "
+                 f"{platform.machine()}, {os.cpu_count()} CPU cores; the summary counts every run they asked for.")
     steps = plan(args)
-    timing = Timing(out / "timing.json", command, environment_info())
+    timing = Timing(timing_path, command, environment_info())
     start = time.perf_counter()
     for i, (notebook, name, params) in enumerate(steps, start=1):
         elapsed = time.perf_counter() - start

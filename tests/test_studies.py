@@ -136,6 +136,22 @@ def test_reproduce_asks_notebook_04_for_its_own_runs(tmp_path):
     assert params["only_runs"].split(",") == ["teacher", "r32_s0_baseline", "r32_s0_cdkd-paper", "r32_s0_share-0.2"]
 
 
+def test_a_study_is_every_run_its_calls_asked_for_and_one_preset_only(tmp_path):
+    """An extension call (64x64, more arms) does not drop the runs of the calls before it from the summary."""
+    calls = [{"command": "python -m cdkd reproduce --preset tiny --seeds 0 1"},
+             {"command": "python -m cdkd reproduce --preset tiny --seeds 0 --variants 'baseline,sape'"}]
+    args = _args(tmp_path, seeds=[0], res=[64], variants="baseline")
+    runs = reproduce.study_runs(calls, args)
+    default_arms = reproduce.parser().parse_args([]).variants.split(",")
+    assert runs[0] == "teacher" and runs.count("teacher") == 1
+    assert {f"r32_s{s}_{v}" for s in (0, 1) for v in default_arms} <= set(runs)
+    assert "r32_s0_sape" in runs and "r32_s1_sape" not in runs and runs[-1] == "r64_s0_baseline"
+    with pytest.raises(ConfigError, match="preset 'demo'.*own --out"):
+        reproduce.study_runs([{"command": "python -m cdkd reproduce --seeds 0"}], args)
+    with pytest.raises(ConfigError, match="timing.json"):
+        reproduce.study_runs([{"command": "rm -rf /"}], args)
+
+
 def _args(tmp_path, **change):
     import argparse
 
