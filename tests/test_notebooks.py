@@ -39,6 +39,27 @@ def test_tracked_notebook_is_what_the_git_filter_stores(name):
                                           "name": "python3"}}, "the kernelspec JupyterLab writes, nothing more"
 
 
+def test_readme_install_filters_source_notebooks_not_executed_copies(tmp_path):
+    """The README's install line, run in a fresh repository holding our ``.gitattributes``: git strips
+    ``notebooks/*.ipynb`` and leaves the executed copies under ``results/`` (evidence) as they are."""
+    root = NOTEBOOK_DIR.parent
+    line = next(l for l in (root / "README.md").read_text().splitlines() if l.startswith("nbstripout --install"))
+    install = line.split("#")[0].strip()
+    assert install in (root / ".ci" / "run").read_text(), "CI runs the README's install"
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitattributes").write_text((root / ".gitattributes").read_text())
+    subprocess.run(["bash", "-c", install], cwd=tmp_path, check=True, capture_output=True)
+
+    def attr(path: str) -> str:
+        out = subprocess.run(["git", "check-attr", "filter", path], cwd=tmp_path, capture_output=True, text=True,
+                             check=True).stdout
+        return out.strip().rsplit(": ", 1)[-1]
+
+    assert attr("notebooks/03_distill.ipynb") == "nbstripout"
+    assert attr("results/demo/03_distill_r32_s0.ipynb") == "unspecified"
+    assert (tmp_path / ".gitattributes").read_text() == (root / ".gitattributes").read_text()
+
+
 @pytest.mark.notebook
 @pytest.mark.slow
 def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
