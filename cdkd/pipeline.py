@@ -334,6 +334,32 @@ def paper_weights(preset: str, res: int, seed: int, out_dir: str | Path, **kwarg
             "distill.calibrate_share": 0.0}
 
 
+def study_models(study: str | Path, res: int, seed: int, variant: str, out_dir: str | Path | None = None
+                 ) -> tuple[Path, Path]:
+    """(teacher run, student run) of a finished study to look inside without training, e.g. the
+    committed ``results/demo`` right after a clone: ``study/runs/teacher`` and
+    ``study/runs/r{res}_s{seed}_{variant}``, each with its ``metrics.json`` and ``best.pth``.
+
+    Raises:
+        ConfigError: ``out_dir`` is the study itself (figures would rewrite its evidence).
+        FileNotFoundError: naming the run folder and what it lacks, and the runs that are there.
+    """
+    study = Path(study)
+    if out_dir is not None and Path(out_dir).resolve() == study.resolve():
+        raise ConfigError(f"parameter 'out_dir' is the study being explored ({study}): its figures would be "
+                          "rewritten; leave out_dir empty (runs/<preset>) or name another folder")
+    found = []
+    for name in ("teacher", f"r{res}_s{seed}_{variant}"):
+        run = study / "runs" / name
+        if not is_complete(run):
+            have = sorted(p.parent.name for p in (study / "runs").glob("*/best.pth"))
+            lacks = "best.pth" if finished_config(run) is not None else "metrics.json (not a finished run)"
+            raise FileNotFoundError(f"{run}: {lacks} missing, so it cannot be explored without training; runs of "
+                                    f"{study} with a checkpoint: {', '.join(have) or 'none'}")
+        found.append(run)
+    return found[0], found[1]
+
+
 def train_curve(preset: str, lengths, res: int, seed: int, out_dir: str | Path, variants=CURVE_VARIANTS,
                 force: bool = False, **kwargs) -> dict[int, dict[str, Path]]:
     """PCKh against training length: each arm of ``variants`` trained for each number of epochs in

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cdkd.config import Config, ConfigError, config_to_dict, run_name
+from cdkd.config import Config, ConfigError, config_to_dict, load_config, run_name
 
 # Files that make a run folder hold a run: a new run refuses to go there without ``overwrite``.
 RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
@@ -384,6 +384,22 @@ def portable_config(config: dict | Config, run_dir: str | Path) -> dict:
     made relative (:func:`portable_path`)."""
     config = config if isinstance(config, dict) else config_to_dict(config)
     return _map_paths(config, lambda v: portable_path(v, run_dir))
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """A finished or running run's ``config.yaml`` with its recorded paths made absolute
+    (:func:`resolve_recorded_path`), so that it loads its data and teacher from any working
+    directory (a JupyterLab kernel runs in ``notebooks/``) and from a copied or moved study."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: the run's config cannot be read ({e})") from e
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the run's config is not a mapping")
+    return load_config(resolved_config(values, run_dir))
 
 
 def resolved_config(config: dict | Config, run_dir: str | Path | None = None) -> dict:
