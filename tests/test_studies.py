@@ -369,3 +369,41 @@ def test_a_moved_checkout_matches_its_records(tmp_path, monkeypatch):
     monkeypatch.setenv("CDKD_ROOT", str(new))
     assert config_changes(record, cfg(new), run_dir=new / "results/K/runs/r32_s0_cdkd-paper") == {}
     assert config_changes(record, cfg(old), run_dir=new / "results/K/runs/r32_s0_cdkd-paper")  # really compared
+
+
+# --- a committed study is explored without training (notebook 05's ``study``) ------------------------
+def test_study_models_finds_the_committed_runs_and_refuses_what_cannot_be_explored(finished, tmp_path):
+    study = tmp_path / "S"
+    shutil.copytree(finished, study / "runs" / "teacher")
+    student = Path(shutil.copytree(finished, study / "runs" / "r32_s0_cdkd-paper"))
+    assert pipeline.study_models(study, 32, 0, "cdkd-paper") == (study / "runs" / "teacher", student)
+    with pytest.raises(ConfigError, match="out_dir.*study being explored"):
+        pipeline.study_models(study, 32, 0, "cdkd-paper", out_dir=study / "." )
+    (student / "best.pth").unlink()  # as in a clone: only some runs carry their checkpoint
+    with pytest.raises(FileNotFoundError, match=r"r32_s0_cdkd-paper: best.pth missing.*with a checkpoint: teacher"):
+        pipeline.study_models(study, 32, 0, "cdkd-paper")
+    with pytest.raises(FileNotFoundError, match="r64_s0_baseline: metrics.json"):
+        pipeline.study_models(study, 64, 0, "baseline")
+
+
+def test_a_run_config_loads_with_its_recorded_paths_from_any_directory(synth, finished, tmp_path, monkeypatch):
+    """A JupyterLab kernel runs in notebooks/: a recorded relative data root must not be read from there."""
+    import yaml
+
+    from cdkd.engine.run import load_run_config
+
+    run = Path(shutil.copytree(finished, tmp_path / "S" / "runs" / "r"))
+    values = yaml.safe_load((run / "config.yaml").read_text())
+    values["data"]["root"] = os.path.relpath(synth / "mpii", run)  # ../../../synth..: relative to the run
+    assert values["data"]["root"].startswith("..")
+    (run / "config.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+    recorded = (run / "config.yaml").read_text()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert not Path(values["data"]["root"]).exists()  # read from here, the recorded path misses
+    assert Path(load_run_config(run).data.root) == (synth / "mpii").resolve()
+    assert (run / "config.yaml").read_text() == recorded
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad/config.yaml.*not a mapping"):
+        load_run_config(tmp_path / "bad")
