@@ -46,7 +46,12 @@ def test_training_curves_label_every_axis_and_count_whole_epochs(tmp_path):
     assert val.get_xlim() == (0.5, 3.5)
     assert [line.get_xdata().tolist() for line in val.lines] == [[3], [3]]
     assert set(val.get_xticks()) >= {1.0, 2.0, 3.0} and all(float(t).is_integer() for t in val.get_xticks())
-    assert [t.get_text() for t in val.get_legend().get_texts()] == ["cdkd: 12.00", "base: 12.00"]
+    assert val.get_legend() is None and all(ax.get_legend() is None for ax in fig.axes)  # no legend over a curve
+    legend = fig.legends[0]  # one, below the panels, each run's last validation value
+    assert [t.get_text() for t in legend.get_texts()] == ["cdkd: 12.00", "base: 12.00"]
+    assert "epoch 3 only" in val.get_title()
+    colours = [[line.get_color() for line in ax.lines] for ax in fig.axes]
+    assert all(c == colours[0] for c in colours) and len(set(colours[0])) == 2  # one colour per run everywhere
     smoothed = viz.plot_training_curves([a], keys=("task",), smooth=3)
     assert smoothed.axes[0].get_ylabel() == "L_ori, mean of 3 logged steps"
 

@@ -267,7 +267,7 @@ def test_training_curves_handle_missing_columns(tmp_path):
     np.testing.assert_allclose(ax_feature.lines[0].get_ydata(), [0.5, 0.4])  # moving average of 2
     assert len(ax_xi.lines) == 0 and "not recorded" in ax_xi.texts[0].get_text()
     by_name = viz.plot_training_curves([a], keys=("loss",))
-    assert by_name.axes[0].get_legend().get_texts()[0].get_text() == "distill"
+    assert by_name.legends[0].get_texts()[0].get_text() == "distill"  # the folder name labels an unnamed run
 
 
 def test_training_curves_validation_panel(tmp_path):

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from cdkd.engine.recorder import read_epochs, read_steps
@@ -61,12 +62,15 @@ CURVE_UNITS = {"task": "L_ori", "feature": "L_fea (before alpha)", "logit": "L_l
                "lr": "learning rate", "tau": "tau", "xi": "xi"}
 
 
-def _validation_panel(ax: Axes, runs: dict[str, Path], val_metric: str) -> None:
-    """The validation metric after each validated epoch, on an axis of the runs' whole epochs."""
+def _validation_panel(ax: Axes, runs: dict[str, Path], val_metric: str, colors: dict[str, str]) -> dict[str, float]:
+    """The validation metric after each validated epoch, on an axis of the runs' whole epochs, in
+    each run's colour; returns {label: last value} for the shared legend."""
     ax.set_xlabel("epoch")
     ax.set_ylabel(val_metric)
-    ax.set_title(f"validation {val_metric}", fontsize=10)
-    plotted, last_epoch = 0, 1
+    last: dict[str, float] = {}
+    validated: set[int] = set()
+    last_epoch = 1
+    name = val_metric
     for label, path in runs.items():
         epochs = read_epochs(path)
         last_epoch = max([last_epoch, *(int(r["epoch"]) + 1 for r in epochs if "epoch" in r)])
@@ -75,17 +79,18 @@ def _validation_panel(ax: Axes, runs: dict[str, Path], val_metric: str) -> None:
             continue
         metric = rows[-1]["val"].get("protocol", {}).get("metric", val_metric)
         name = metric if val_metric == "main" else val_metric
-        ax.set_title(f"validation {name}", fontsize=10)
-        ax.set_ylabel(name)
         xs, ys = [r["epoch"] + 1 for r in rows], [float(r["val"][val_metric]) for r in rows]
-        ax.plot(xs, ys, marker="o", label=f"{label}: {ys[-1]:.2f}")
-        plotted += 1
+        ax.plot(xs, ys, marker="o", color=colors[label], linewidth=1.2)
+        validated.update(xs)
+        last[label] = ys[-1]
+    ax.set_ylabel(name)
+    when = f" (validated at epoch {min(validated)} only)" if len(validated) == 1 else ""
+    ax.set_title(f"validation {name}{when}", fontsize=10)
     ax.set_xlim(0.5, last_epoch + 0.5)  # whole epochs 1..E: a single validation is a point at its epoch
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if plotted:
-        ax.legend(fontsize=8, title="last value", title_fontsize=8)
-    else:
+    if not last:
         note_axis(ax, f"no validated epoch with '{val_metric}'\nin {', '.join(runs)}")
+    return last
 
 
 def plot_training_curves(
@@ -110,7 +115,8 @@ def plot_training_curves(
         logy: logarithmic y axis.
         val_metric: a validation metric of ``epochs.jsonl`` (e.g. 'Mean' for PCKh, 'AP', or 'main' for
             the protocol's main metric): adds a last panel with its value after each validated epoch,
-            on an axis of the runs' whole epochs (1..E), the last value written beside its marker.
+            on an axis of the runs' whole epochs (1..E), each run's last value in the shared legend
+            below the panels (one colour per run in every panel).
         save: optional output path.
 
     Returns:
@@ -118,8 +124,9 @@ def plot_training_curves(
     """
     runs = _runs(run_dirs)
     records = {label: read_steps(path) for label, path in runs.items()}
+    colors = {label: f"C{i % 10}" for i, label in enumerate(runs)}  # one colour per run in every panel
     panels = len(keys) + (val_metric is not None)
-    fig = NotebookFigure(figsize=(4.2 * panels, 3.2), layout="constrained")
+    fig = NotebookFigure(figsize=(4.2 * panels, 3.6 + 0.25 * ((len(runs) + 3) // 4)), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax, key in zip(axes, keys):
         plotted = 0
@@ -128,19 +135,20 @@ def plot_training_curves(
             if series is None:
                 continue
             xs, ys = series
-            ax.plot(xs, _smooth(ys, smooth), label=label, linewidth=1.2)
+            ax.plot(xs, _smooth(ys, smooth), color=colors[label], linewidth=1.2)
             plotted += 1
         ax.set_title(CURVE_TITLES.get(key, key), fontsize=10)
         ax.set_xlabel("step")
         ax.set_ylabel(CURVE_UNITS.get(key, key) + (f", mean of {smooth} logged steps" if smooth > 1 else ""))
-        if plotted:
-            if logy:
-                ax.set_yscale("log")
-            ax.legend(fontsize=8)
-        else:
+        if plotted and logy:
+            ax.set_yscale("log")
+        if not plotted:
             note_axis(ax, f"'{key}' not recorded\nin {', '.join(records)}")
-    if val_metric is not None:
-        _validation_panel(axes[-1], runs, val_metric)
+    last = _validation_panel(axes[-1], runs, val_metric, colors) if val_metric is not None else {}
+    handles = [Line2D([], [], color=colors[label], linewidth=2) for label in runs]
+    labels = [f"{label}: {last[label]:.2f}" if label in last else label for label in runs]
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(runs), 4), fontsize=8, frameon=False,
+               title="run" + (" (last validation value)" if last else ""), title_fontsize=8)  # below the panels: no curve hidden
     return finish_figure(fig, save)
 
 
