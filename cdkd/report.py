@@ -109,13 +109,21 @@ def mean_std(values: list[float]) -> tuple[float, float, int]:
     return mean, std, n
 
 
+def arm_order(label: str) -> tuple[int, str]:
+    """Sort key of the tables' rows: the baseline first, the paper arm, other CDKD arms (as released,
+    a fixed tau), the components, the controls, anything else; alphabetical within each."""
+    kinds = (lambda x: x == BASELINE, lambda x: x == PAPER, lambda x: x.startswith("CDKD"),
+             lambda x: x.startswith("component"), lambda x: x.startswith("control"))
+    return next((i for i, kind in enumerate(kinds) if kind(label)), len(kinds)), label
+
+
 def summarize(runs: list[dict], columns: tuple[str, ...]) -> dict[tuple[str, int], dict[str, tuple[float, float, int]]]:
     """(label, resolution) -> column -> (mean, sample std, number of seeds)."""
     groups: dict[tuple[str, int], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["label"], r["resolution"]), []).append(r)
     table = {}
-    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    for key, members in sorted(groups.items(), key=lambda kv: (kv[0][1], arm_order(kv[0][0]))):
         row = {c: mean_std([float(m["metrics"][c]) for m in members if c in m["metrics"]]) for c in columns}
         row["Params (M)"] = (members[0]["model"]["params"] / 1e6, 0.0, len(members))
         row["GFLOPs (paper conv.)"] = (members[0]["model"]["paper_gflops"], 0.0, len(members))
@@ -255,7 +263,7 @@ def verdict(runs: list[dict], dataset: str) -> list[str]:
     the whole interval is above zero."""
     column = "Mean" if dataset == "mpii" else "AP"
     out = []
-    labels = sorted({r["label"] for r in runs if is_study_arm(r) and r["label"] != BASELINE})
+    labels = sorted({r["label"] for r in runs if is_study_arm(r) and r["label"] != BASELINE}, key=arm_order)
     for res in sorted({r["resolution"] for r in runs if r["label"] != "teacher"}):
         for label in labels:
             c = comparison(runs, label, BASELINE, res, column)
@@ -338,7 +346,7 @@ def arms_table(runs: list[dict], dataset: str) -> str:
     students = [r for r in runs if is_study_arm(r)]
     for res in sorted({r["resolution"] for r in students}):
         here = [r for r in students if r["resolution"] == res]
-        for label in sorted({r["label"] for r in here}, key=lambda x: (x != BASELINE, x)):
+        for label in sorted({r["label"] for r in here}, key=arm_order):
             values = mean_std([float(r["metrics"][column]) for r in here if r["label"] == label])
             st = arm_state(here, label, res)
             if label == BASELINE:
@@ -398,7 +406,7 @@ def curve_table(runs: list[dict], dataset: str) -> str:
     for r in runs:
         key = (r["resolution"], int(r["config"]["train"]["epochs"]))
         groups.setdefault(key, {}).setdefault(r["label"], []).append(float(r["metrics"][column]))
-    labels = sorted({r["label"] for r in runs}, key=lambda x: (x != BASELINE, x))
+    labels = sorted({r["label"] for r in runs}, key=arm_order)
     head = ["Res", "Epochs", *(f"{label} ({column})" for label in labels), "seeds", f"{PAPER} − baseline"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (res, epochs), arms in sorted(groups.items()):

@@ -76,6 +76,20 @@ def test_summary_and_ablation_tables(results):
     assert "Head" in markdown_table(load_runs(results / "runs"), "mpii")
 
 
+def test_tables_put_the_baseline_first_then_the_paper_arm_then_the_controls(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, f"r32_s{seed}_cdkd-shuffled-teacher", "distill", "paper", seed, 32, 28.0)
+        write_run(tmp_path, f"r32_s{seed}_cdkd-paper", "distill", "paper", seed, 32, 33.0)
+        write_run(tmp_path, f"r32_s{seed}_baseline", "baseline", "paper", seed, 32, 30.0)
+        write_run(tmp_path, f"r32_s{seed}_cca-etht", "distill", "paper", seed, 32, 32.0, feature="none")
+    text = write_summary(tmp_path, "mpii", title="t").read_text()
+    students = text.split("## Students")[1].split("\n## ")[0]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in students.splitlines() if "| 32x32 |" in line]
+    assert rows[:2] == ["SimCC (baseline)", "CDKD (paper)"] and rows[-1].startswith("control:"), rows
+    arms = [line.split(" | ")[1] for line in text.splitlines() if line.startswith("| 32x32 | ")]
+    assert arms[:2] == ["SimCC (baseline)", "CDKD (paper)"] and arms[-1].startswith("control:"), arms
+
+
 def test_an_empty_variant_list_trains_nothing(tmp_path):
     """Notebook 06 with ablations="" (the main job runs only its sweep) must not ask for a variant ''."""
     from cdkd.pipeline import train_students
