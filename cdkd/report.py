@@ -400,21 +400,27 @@ def curve_runs(out_dir: str | Path) -> list[dict]:
 
 def curve_table(runs: list[dict], dataset: str) -> str:
     """Main metric against training length: per resolution and number of epochs, each arm's value
-    (mean over its seeds, usually one) and the paper arm minus the baseline."""
+    (mean ± sample std over its seeds) and the paper arm minus the baseline, paired by seed, with
+    its 95% CI when two or more seeds have both arms at that length."""
     column = "Mean" if dataset == "mpii" else "AP"
-    groups: dict[tuple[int, int], dict[str, list[float]]] = {}
+    groups: dict[tuple[int, int], list[dict]] = {}
     for r in runs:
-        key = (r["resolution"], int(r["config"]["train"]["epochs"]))
-        groups.setdefault(key, {}).setdefault(r["label"], []).append(float(r["metrics"][column]))
+        groups.setdefault((r["resolution"], int(r["config"]["train"]["epochs"])), []).append(r)
     labels = sorted({r["label"] for r in runs}, key=arm_order)
-    head = ["Res", "Epochs", *(f"{label} ({column})" for label in labels), "seeds", f"{PAPER} − baseline"]
+    head = ["Res", "Epochs", *(f"{label} ({column})" for label in labels), "seeds",
+            f"{PAPER} − baseline (paired)", "95% CI"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (res, epochs), arms in sorted(groups.items()):
-        means = {label: mean_std(arms.get(label, []))[0] for label in labels}
-        gap = means.get(PAPER, math.nan) - means.get(BASELINE, math.nan)
-        seeds = "/".join(str(len(arms.get(label, []))) for label in labels)
-        lines.append("| " + " | ".join([f"{res}x{res}", str(epochs), *(_cell(means[label], "{:.2f}") for label in labels),
-                                        seeds, _cell(gap, "{:+.2f}")]) + " |")
+    for (res, epochs), members in sorted(groups.items()):
+        values = {label: [float(r["metrics"][column]) for r in members if r["label"] == label] for label in labels}
+        cells = []
+        for label in labels:
+            mean, std, n = mean_std(values[label])
+            cells.append(_cell(mean, "{:.2f}") + (f" ± {std:.2f}" if n > 1 else ""))
+        c = comparison(members, PAPER, BASELINE, res, column)
+        gap = _cell(c["mean"], "{:+.2f}") + f" ({c['n']} seed{'s' if c['n'] != 1 else ''})" if c["n"] else "-"
+        ci = f"[{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}]" if c["n"] > 1 else "-"
+        seeds = "/".join(str(len(values[label])) for label in labels)
+        lines.append("| " + " | ".join([f"{res}x{res}", str(epochs), *cells, seeds, gap, ci]) + " |")
     return "\n".join(lines)
 
 
@@ -504,7 +510,9 @@ def write_summary(out_dir: str | Path, dataset: str = "mpii", title: str = "cdkd
     curve = curve_runs(out_dir)
     if curve:
         lines += ["## PCKh against training length" if dataset == "mpii" else "## AP against training length", "",
-                  "One seed per arm and length (`reproduce --curve-epochs`); the LR drops for the last epoch.", "",
+                  "Baseline and CDKD (paper) trained for each number of epochs (`reproduce --curve-epochs`, on the "
+                  "first `--curve-seeds` seeds; the study's own length reuses its runs); the LR drops for the last "
+                  "epoch. Mean ± sample std over seeds; the gap is paired by seed.", "",
                   curve_table(curve, dataset), ""]
     if teacher:
         lines += ["## Teacher", "", markdown_table(teacher, dataset), "", *(teacher_note(r) for r in teacher), ""]

@@ -171,7 +171,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.shares or args.ablations:
         check_parameters(args.preset, args.out, seed=args.seeds[0], res=args.sweep_res, shares=args.shares,
                          ablations=ABLATION_LIST if args.ablations else "", device=args.device, hold=False)
-    for name, value in (("--n-train", args.n_train), ("--n-val", args.n_val)):
+    for name, value in (("--n-train", args.n_train), ("--n-val", args.n_val), ("--curve-seeds", args.curve_seeds)):
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
 
@@ -186,8 +186,8 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
         ("02_teacher.ipynb", "02_teacher.ipynb", common),
     ]
     for res in args.res:
-        for seed in args.seeds:  # the curve (baseline and paper arm at each length) with the first seed
-            curve = [int(e) for e in args.curve_epochs] if seed == args.seeds[0] else []
+        for seed in args.seeds:  # the curve (baseline and paper arm at each length) with the first seeds
+            curve = [int(e) for e in args.curve_epochs] if seed in args.seeds[:args.curve_seeds] else []
             steps.append(("03_distill.ipynb", f"03_distill_r{res}_s{seed}.ipynb",
                           {**common, "res": res, "seed": seed, "variants": args.variants, "curve_epochs": curve}))
     if args.shares or args.ablations:  # the weight sweep (its share 0 is the seed's baseline, reused) and ablations
@@ -301,8 +301,11 @@ def parser() -> argparse.ArgumentParser:
                    help="notebook 06's distillation-weight sweep: shares of the update per distillation term, "
                         "comma-separated, e.g. 0,0.15,0.3,0.45; '' skips it (default: '')")
     p.add_argument("--curve-epochs", type=int, nargs="*", default=[],
-                   help="training lengths of the curve: baseline and CDKD (paper) at each, first seed only, "
+                   help="training lengths of the curve: baseline and CDKD (paper) at each, first seed (see --curve-seeds), "
                         "every resolution, reported as PCKh against epochs in summary.md (e.g. 3 5 8; default: none)")
+    p.add_argument("--curve-seeds", type=int, default=1,
+                   help="how many of --seeds (the first ones) train the curve; with two or more the summary gives the "
+                        "paired gap's 95%% CI at each length (default: 1)")
     p.add_argument("--sweep-res", type=int, default=32, help="resolution of the sweep and the ablations (default: 32)")
     p.add_argument("--ablations", action="store_true",
                    help="also run notebook 06's ablations (Tables III, V, VI; about 1-2 minutes each on 2 cores)")

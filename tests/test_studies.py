@@ -157,7 +157,7 @@ def _args(tmp_path, **change):
 
     values = dict(preset="tiny", out=str(tmp_path / "K"), data_root="data/tiny", seeds=[0, 1], res=[32],
                   variants="baseline", epochs=0, n_train=10, n_val=10, device="auto", shares="", sweep_res=32,
-                  ablations=False, title="t", note="", curve_epochs=[])
+                  ablations=False, title="t", note="", curve_epochs=[], curve_seeds=1)
     values.update(change)
     return argparse.Namespace(**values)
 

@@ -167,10 +167,13 @@ def test_reproduce_runs_the_curve_with_the_first_seed_only():
 
     args = argparse.Namespace(preset="tiny", data_root="d", out="o", device="cpu", epochs=0, n_train=8, n_val=8,
                               res=[32, 64], seeds=[3, 4], variants="baseline", curve_epochs=[2, 4], shares="",
-                              ablations=False, sweep_res=32, title="t", note="")
+                              ablations=False, sweep_res=32, title="t", note="", curve_seeds=1)
     curves = {name: params["curve_epochs"] for nb, name, params in plan(args) if nb == "03_distill.ipynb"}
     assert curves == {"03_distill_r32_s3.ipynb": [2, 4], "03_distill_r32_s4.ipynb": [],
                       "03_distill_r64_s3.ipynb": [2, 4], "03_distill_r64_s4.ipynb": []}
+    args.curve_seeds = 2  # the paired gap's CI at each length needs two or more seeds
+    curves = {name: params["curve_epochs"] for nb, name, params in plan(args) if nb == "03_distill.ipynb"}
+    assert all(lengths == [2, 4] for lengths in curves.values())
 
 
 # ----------------------------------------------------------------------------- summary
@@ -246,3 +249,20 @@ def test_teacher_note_names_the_checkpoint_the_students_load(tmp_path):
     teacher["config"]["train"]["val_every"] = 3
     teacher["best"] = 63.0
     assert teacher_note(teacher).startswith("Warning: the students distil from `best.pth` (PCKh@0.5 63.00)")
+
+
+def test_curve_table_gives_the_paired_gap_with_its_ci_at_each_length(tmp_path):
+    from cdkd.report import curve_table, load_runs
+
+    for seed, (b3, p3, b8, p8) in enumerate([(20.0, 24.0, 36.0, 42.0), (22.0, 25.0, 38.0, 43.0), (21.0, 26.0, 37.0, 41.0)]):
+        for variant, e3, e8 in (("baseline", b3, b8), ("cdkd-paper", p3, p8)):
+            write_run(tmp_path / "e3", variant, seed, 32, e3, epochs=3)
+            write_run(tmp_path / "e8", variant, seed, 32, e8, epochs=8)
+    write_run(tmp_path / "e8", "baseline", 3, 32, 99.0, epochs=8)  # no paper arm for seed 3: not paired
+    runs = load_runs(tmp_path / "e3" / "runs") + load_runs(tmp_path / "e8" / "runs")
+    table = curve_table(runs, "mpii")
+    # gaps at 3 epochs: 4, 3, 5 -> +4.00, half-width t(0.975, 2) * 1 / sqrt(3) = 2.48
+    assert "| 32x32 | 3 | 21.00 ± 1.00 | 25.00 ± 1.00 | 3/3 | +4.00 (3 seeds) | [+1.52, +6.48] |" in table
+    assert "| 32x32 | 8 | 52.50 ± 31.01 | 42.00 ± 1.00 | 4/3 | +5.00 (3 seeds) | [+2.52, +7.48] |" in table
+    one = curve_table([r for r in runs if r["seed"] == 0], "mpii")
+    assert "| 32x32 | 3 | 20.00 | 24.00 | 1/1 | +4.00 (1 seed) | - |" in one
