@@ -380,7 +380,9 @@ def train_curve(preset: str, lengths, res: int, seed: int, out_dir: str | Path, 
         for variant in variants:
             cfg = student_config(preset, variant, res, seed, teacher_dir, epochs=epochs, fixed=fixed, **kwargs)
             study = out_dir / "runs" / f"r{res}_s{seed}_{variant}"
-            if is_complete(study) and not config_changes(finished_config(study), cfg, ignore=NON_RESULT_KEYS):
+            # the record's paths resolved from its folder (``../teacher/best.pth``, ``data/...``) before comparing
+            if is_complete(study) and not config_changes(finished_config(study), cfg, ignore=NON_RESULT_KEYS,
+                                                         run_dir=study):
                 curve.setdefault(epochs, {})[variant] = study
                 continue
             run_dir = out_dir / "curve" / f"r{res}_s{seed}_{variant}_e{epochs}"

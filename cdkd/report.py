@@ -395,7 +395,12 @@ def curve_runs(out_dir: str | Path) -> list[dict]:
     curve = load_runs(out_dir / "curve")
     keys = {(r["label"], r["seed"]) for r in curve}
     study = [r for r in load_runs(out_dir / "runs") if (r["label"], r["seed"]) in keys] if (out_dir / "runs").is_dir() else []
-    return curve + study
+
+    def length(r):
+        return r["label"], r["seed"], r["resolution"], int(r["config"]["train"]["epochs"])
+
+    counted = {length(r) for r in study}  # a curve run repeating a study run's length is not counted twice
+    return [r for r in curve if length(r) not in counted] + study
 
 
 def curve_table(runs: list[dict], dataset: str) -> str:

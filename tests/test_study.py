@@ -8,10 +8,13 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 import torch
+import yaml
 
 from cdkd.config import DistillConfig, config_from_dict, config_to_dict, load_config
 from cdkd.distill import Distiller, cca_loss, normalised_entropy, roll_teacher
@@ -146,11 +149,13 @@ def test_controls_and_components_take_the_paper_arms_weights(synth, teacher_ckpt
 def test_the_curve_reuses_study_runs_and_trains_other_lengths(synth, teacher_ckpt, tmp_path):
     from cdkd.pipeline import train_curve, train_students
 
-    kwargs = {"teacher_dir": teacher_ckpt.parent, "data_root": f"{synth}/mpii"}
+    teacher = Path(shutil.copytree(teacher_ckpt.parent, tmp_path / "runs" / "teacher"))  # as in a study:
+    kwargs = {"teacher_dir": teacher, "data_root": f"{synth}/mpii"}  # recorded as ../teacher/best.pth
     study = train_students("tiny", "baseline", 32, 0, tmp_path, **kwargs)  # tiny: 1 epoch, lr_steps [1]
+    assert yaml.safe_load((study["baseline"] / "config.yaml").read_text())["teacher"]["checkpoint"].startswith("..")
     curve = train_curve("tiny", [2, 1], 32, 0, tmp_path, variants=("baseline",), **kwargs)
     assert sorted(curve) == [1, 2]
-    assert curve[1]["baseline"] == study["baseline"]
+    assert curve[1]["baseline"] == study["baseline"] and not (tmp_path / "curve" / "r32_s0_baseline_e1").exists()
     assert curve[2]["baseline"] == tmp_path / "curve" / "r32_s0_baseline_e2"
     cfg = json.loads((curve[2]["baseline"] / "metrics.json").read_text())["config"]["train"]
     assert cfg["epochs"] == 2 and cfg["lr_steps"] == [1]
@@ -160,6 +165,8 @@ def test_the_curve_reuses_study_runs_and_trains_other_lengths(synth, teacher_ckp
 
     table = curve_table(curve_runs(tmp_path), "mpii")
     assert "| 32x32 | 1 |" in table and "| 32x32 | 2 |" in table
+    shutil.copytree(study["baseline"], tmp_path / "curve" / "r32_s0_baseline_e1")  # a length trained twice
+    assert sum(r["config"]["train"]["epochs"] == 1 for r in curve_runs(tmp_path)) == 1  # is counted once
 
 
 def test_reproduce_runs_the_curve_with_the_first_seed_only():
