@@ -118,3 +118,24 @@ def test_summary_gives_the_paper_number_to_its_own_row_and_ablations_name_both_r
     head64 = ablation_table(tmp_path, 64, 0).splitlines()
     assert head64[0] == "| Variant (ours, 64x64, seed 0) | Mean | Paper (real MPII, 64x64) |"
     assert head64[2] == "| baseline | 40.00 | 78.340 |"
+
+
+def test_length_curve_has_a_panel_per_resolution_with_seed_counts_and_spread():
+    def run(label, res, epochs, seed, mean):
+        return {"label": label, "resolution": res, "seed": seed, "metrics": {"Mean": mean},
+                "config": {"train": {"epochs": epochs}}}
+
+    runs = [run("SimCC (baseline)", 32, 5, s, 30.0 + s) for s in range(3)]
+    runs += [run("CDKD (paper)", 32, 5, s, 33.0 + s) for s in range(3)]
+    runs += [run("SimCC (baseline)", 32, 3, 0, 20.0), run("CDKD (paper)", 32, 3, 0, 24.0),
+             run("SimCC (baseline)", 64, 3, 0, 18.0), run("control: x", 64, 3, 0, 1.0)]
+    fig = viz.plot_length_curve(runs)
+    ax32, ax64 = fig.axes
+    assert ax32.get_title() == "32x32 students" and ax64.get_title() == "64x64 students"
+    assert list(ax32.get_xticks()) == [3, 5] and ax32.get_xlabel() == "training epochs"
+    base = ax32.lines[0]
+    assert base.get_xdata().tolist() == [3, 5] and base.get_ydata().tolist() == [20.0, 31.0]
+    assert sorted(t.get_text() for t in ax32.texts) == ["n=1", "n=1", "n=3", "n=3"]
+    assert [t.get_text() for t in ax64.get_legend().get_texts()] == ["SimCC (baseline)"]  # a control is not drawn
+    empty = viz.plot_length_curve([])
+    assert "no curve runs" in empty.axes[0].texts[0].get_text()

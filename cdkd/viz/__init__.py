@@ -16,7 +16,8 @@ Gu et al.) and the SimCC representation it builds on (Li et al., ECCV 2022):
   the reversal weight xi (Eq. 9-12), the SAU projector weights w_k (Eq. 3-4):
   :func:`plot_training_curves`, :func:`plot_temperature`, :func:`plot_sau_weights`. Notebooks 02, 03, 05.
 * :mod:`cdkd.viz.study` - the study's results: :func:`plot_metric_bars` (our arms, the paper's numbers
-  in their own panel) and :func:`plot_share_sweep`. Notebooks 04, 06.
+  in their own panel), :func:`plot_length_curve` (the metric against training length) and
+  :func:`plot_share_sweep`. Notebooks 04, 06.
 
 Every plotting function builds a :class:`NotebookFigure` (a :class:`matplotlib.figure.Figure`)
 without pyplot (so nothing is kept in pyplot's global figure list), returns it, and saves it when
@@ -35,14 +36,15 @@ from cdkd.viz._style import (CENTER_COLOR, GT_COLOR, LEFT_COLOR, PRED_COLOR, RIG
 from cdkd.viz.data import as_rgb, denormalize, draw_keypoints, plot_paired_crops
 from cdkd.viz.predictions import people_on_image, plot_image_predictions, plot_predictions, plot_resolution_grid
 from cdkd.viz.simcc import mass_window, plot_simcc_distributions, simcc_probabilities
-from cdkd.viz.study import plot_metric_bars, plot_share_sweep
+from cdkd.viz.study import plot_length_curve, plot_metric_bars, plot_share_sweep
 from cdkd.viz.training import (CURVE_TITLES, CURVE_UNITS, plot_sau_weights, plot_temperature, plot_training_curves,
                                sau_columns, tau_bounds)
 
 __all__ = [
     "CENTER_COLOR", "CURVE_TITLES", "CURVE_UNITS", "GT_COLOR", "LEFT_COLOR", "PRED_COLOR", "RIGHT_COLOR", "STUDENT_COLOR",
     "TEACHER_COLOR", "NotebookFigure", "as_rgb", "denormalize", "draw_keypoints", "finish_figure", "joint_index",
-    "joint_names", "mass_window", "note_axis", "people_on_image", "plot_image_predictions", "plot_metric_bars",
+    "joint_names", "mass_window", "note_axis", "people_on_image", "plot_image_predictions", "plot_length_curve",
+    "plot_metric_bars",
     "plot_paired_crops", "plot_predictions", "plot_resolution_grid", "plot_sau_weights", "plot_share_sweep",
     "plot_simcc_distributions", "plot_temperature", "plot_training_curves", "png_description", "sau_columns",
     "simcc_probabilities", "skeleton_for", "stated_text", "tau_bounds",

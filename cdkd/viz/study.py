@@ -1,7 +1,8 @@
-"""The study's results as figures: the main metric per arm (notebook 04) and the weight sweep (06).
+"""The study's results as figures: the main metric per arm and against training length (notebook
+04) and the weight sweep (06).
 
-Numbers come from :mod:`cdkd.report` (``bar_table``, ``paper_table``, ``share_sweep``); these
-functions only draw them.
+Numbers come from :mod:`cdkd.report` (``bar_table``, ``paper_table``, ``curve_runs``, ``share_sweep``);
+these functions only draw them.
 """
 
 from __future__ import annotations
@@ -189,4 +190,43 @@ def plot_metric_bars(
     span = "" if not seeds else f" ({seeds[0]} seeds per bar)" if len(seeds) == 1 else \
         f" ({seeds[0]}-{seeds[-1]} seeds per bar)"
     fig.suptitle(title if title is not None else f"{ylabel or 'main metric'} by arm, our runs{span}", fontsize=11)
+    return finish_figure(fig, save)
+
+
+def plot_length_curve(runs: Sequence[Mapping[str, Any]], column: str = "Mean", ylabel: str = "PCKh@0.5 Mean",
+                      arms: Sequence[str] = ("SimCC (baseline)", "CDKD (paper)"),
+                      save: str | Path | None = None) -> Figure:
+    """The main metric against training length, one panel per student resolution: each arm's mean
+    over seeds at each number of epochs, error bars the sample std over seeds, the number of seeds
+    written at each point. ``runs``: the run records of :func:`cdkd.report.curve_runs` (``label``,
+    ``resolution``, ``config.train.epochs``, ``metrics``)."""
+    by_res: dict[int, dict[str, dict[int, list[float]]]] = {}
+    for r in runs:
+        if r["label"] in arms and column in r["metrics"]:
+            epochs = int(r["config"]["train"]["epochs"])
+            by_res.setdefault(int(r["resolution"]), {}).setdefault(r["label"], {}).setdefault(epochs, []).append(
+                float(r["metrics"][column]))
+    panels = max(len(by_res), 1)
+    fig = NotebookFigure(figsize=(4.6 * panels, 3.8), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    if not by_res:
+        note_axis(axes[0], "no curve runs (reproduce --curve-epochs)")
+        return finish_figure(fig, save)
+    for ax, (res, curves) in zip(axes, sorted(by_res.items())):
+        lengths = sorted({e for points in curves.values() for e in points})
+        for i, arm in enumerate(a for a in arms if a in curves):
+            points = curves[arm]
+            xs = sorted(points)
+            means = [float(np.mean(points[e])) for e in xs]
+            stds = [float(np.std(points[e], ddof=1)) if len(points[e]) > 1 else 0.0 for e in xs]
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{i}", label=arm)
+            for x, m, values in zip(xs, means, (points[e] for e in xs)):
+                ax.annotate(f"n={len(values)}", (x, m), textcoords="offset points", xytext=(6, -12 if i else 6),
+                            fontsize=7, color=f"C{i}")
+        ax.set_xticks(lengths)
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{res}x{res} students", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{ylabel} against training length (mean ± sample std over seeds)", fontsize=10)
     return finish_figure(fig, save)
