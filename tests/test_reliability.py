@@ -28,24 +28,7 @@ from cdkd.models import build_pose_model
 from cdkd.models.load import save_checkpoint
 from cdkd.pipeline import is_complete, reuse_or_train
 from tests.test_datasets import coco_ann, coco_cfg, mpii_entry, write_coco, write_image, write_mpii
-
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    synthesize(root, train=24, val=8, seed=5)
-    return root
-
-
-def teacher_cfg(synth: Path, *extra: str):
-    return load_config("tiny_teacher", [f"data.root={synth}/mpii", "train.max_steps_per_epoch=1",
-                                        "data.max_samples=8", *extra])
-
-
-@pytest.fixture(scope="module")
-def finished(synth, tmp_path_factory):
-    """A finished tiny run (its folder is copied by the tests that change it)."""
-    return fit(teacher_cfg(synth), run_dir=tmp_path_factory.mktemp("finished") / "run")
+from tests.test_studies import finished, synth, teacher_cfg  # noqa: F401 - the same tiny data, config and finished run
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
