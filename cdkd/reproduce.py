@@ -176,8 +176,9 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ConfigError(f"{name} must be positive, got {value}")
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
-    """(notebook, executed copy name, parameters) in order."""
+def plan(args: argparse.Namespace, study: list[str] | None = None) -> list[tuple[str, str, dict]]:
+    """(notebook, executed copy name, parameters) in order; ``study``: the run folders notebook 04
+    counts (:func:`study_runs`; default: the ones this call asks for)."""
     common = {"preset": args.preset, "data_root": args.data_root, "out_dir": args.out, "device": args.device,
               "epochs": args.epochs, "n_train": args.n_train, "n_val": args.n_val,
               "progress": "lines"}  # train.progress: lines that --log-output streams
@@ -196,7 +197,7 @@ def plan(args: argparse.Namespace) -> list[tuple[str, str, dict]]:
                        "ablations": ABLATION_LIST if args.ablations else ""}))
     steps.append(("04_evaluate.ipynb", "04_evaluate.ipynb",
                   {"out_dir": args.out, "dataset": "mpii", "title": args.title, "note": args.note,
-                   "only_runs": ",".join(getattr(args, "study", None) or requested_runs(args))}))
+                   "only_runs": ",".join(study or requested_runs(args))}))
     for res in args.res:
         steps.append(("05_visualize.ipynb", f"05_visualize_r{res}.ipynb",
                       {**common, "res": res, "seed": args.seeds[0]}))
@@ -376,13 +377,13 @@ def _run_notebooks(args: argparse.Namespace, out: Path, cwd: Path, command: str)
 
     timing_path = out / "timing.json"
     earlier = Timing.read(timing_path)
-    args.study = study_runs(earlier, args)  # before timing.json records this call: a refused call leaves no trace
+    study = study_runs(earlier, args)  # before timing.json records this call: a refused call leaves no trace
     args.title = f"cdkd reproduction, preset '{args.preset}' (synthetic people)"
     calls = [c["command"] for c in earlier] + [command]
     made_by = "; ".join(f"`{c}`" for c in dict.fromkeys(calls))
     args.note = (f"Made by {len(calls)} call{'s' if len(calls) > 1 else ''} on this folder ({made_by}) on "
                  f"{platform.machine()}, {os.cpu_count()} CPU cores; the summary counts every run they asked for.")
-    steps = plan(args)
+    steps = plan(args, study)
     timing = Timing(timing_path, command, environment_info())
     start = time.perf_counter()
     for i, (notebook, name, params) in enumerate(steps, start=1):
