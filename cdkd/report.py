@@ -388,13 +388,15 @@ def teacher_note(record: dict) -> str:
 
 def curve_runs(out_dir: str | Path) -> list[dict]:
     """The training-length curve's runs (:func:`cdkd.pipeline.train_curve`): every run under
-    ``out_dir/curve`` and the study's runs (``out_dir/runs``) of the same arms and seeds."""
+    ``out_dir/curve`` and the study's runs (``out_dir/runs``) of the same arms and seeds, the latter
+    marked ``in_study``."""
     out_dir = Path(out_dir)
     if not (out_dir / "curve").is_dir():
         return []
     curve = load_runs(out_dir / "curve")
     keys = {(r["label"], r["seed"]) for r in curve}
-    study = [r for r in load_runs(out_dir / "runs") if (r["label"], r["seed"]) in keys] if (out_dir / "runs").is_dir() else []
+    study = [{**r, "in_study": True} for r in load_runs(out_dir / "runs")
+             if (r["label"], r["seed"]) in keys] if (out_dir / "runs").is_dir() else []
 
     def length(r):
         return r["label"], r["seed"], r["resolution"], int(r["config"]["train"]["epochs"])

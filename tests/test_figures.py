@@ -128,14 +128,20 @@ def test_length_curve_has_a_panel_per_resolution_with_seed_counts_and_spread():
     runs = [run("SimCC (baseline)", 32, 5, s, 30.0 + s) for s in range(3)]
     runs += [run("CDKD (paper)", 32, 5, s, 33.0 + s) for s in range(3)]
     runs += [run("SimCC (baseline)", 32, 3, 0, 20.0), run("CDKD (paper)", 32, 3, 0, 24.0),
-             run("SimCC (baseline)", 64, 3, 0, 18.0), run("control: x", 64, 3, 0, 1.0)]
+             run("SimCC (baseline)", 64, 3, 0, 18.0), run("control: x", 64, 3, 0, 1.0),
+             run("SimCC (baseline)", 64, 5, 0, 25.0), run("SimCC (baseline)", 64, 5, 1, 27.0),
+             run("CDKD (paper)", 64, 5, 0, 29.0)]
+    runs[0]["in_study"] = True  # a study run at 5 epochs (32x32)
     fig = viz.plot_length_curve(runs)
     ax32, ax64 = fig.axes
     assert ax32.get_title() == "32x32 students" and ax64.get_title() == "64x64 students"
-    assert list(ax32.get_xticks()) == [3, 5] and ax32.get_xlabel() == "training epochs"
+    assert list(ax32.get_xticks()) == [3, 5] and ax32.get_xlabel().startswith("training epochs")
     base = ax32.lines[0]
     assert base.get_xdata().tolist() == [3, 5] and base.get_ydata().tolist() == [20.0, 31.0]
-    assert sorted(t.get_text() for t in ax32.texts) == ["n=1", "n=1", "n=3", "n=3"]
-    assert [t.get_text() for t in ax64.get_legend().get_texts()] == ["SimCC (baseline)"]  # a control is not drawn
+    assert [t.get_text() for t in ax32.get_xticklabels()] == ["3\nn=1", "5\nn=3"]
+    assert [t.get_text() for t in ax64.get_xticklabels()] == ["3\nn=1/0", "5\nn=2/1"]  # arms differ: per arm
+    legend32 = [t.get_text() for t in ax32.get_legend().get_texts()]
+    assert legend32[-1] == "the study's length (5 epochs)" and not ax64.get_legend().get_texts()[-1].get_text().startswith("the study")
+    assert [t.get_text() for t in ax64.get_legend().get_texts()] == ["SimCC (baseline)", "CDKD (paper)"]  # no control
     empty = viz.plot_length_curve([])
     assert "no curve runs" in empty.axes[0].texts[0].get_text()

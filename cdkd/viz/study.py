@@ -73,9 +73,16 @@ def _paper_panel(ax: Axes, points: list[tuple[float, float, Any]], columns: Sequ
     xs, ys, colours = zip(*points)
     ax.scatter(xs, ys, marker="D", s=36, c=list(colours), edgecolors="black", linewidths=0.6, zorder=3,
                label=title)
-    if annotate:
-        for x, y in zip(xs, ys):
-            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", va="bottom",
+    if annotate:  # two values of a column: outwards to the left and right, else staggered upwards
+        columns_of = [int(round(x)) for x in xs]
+        for x, y, col in zip(xs, ys, columns_of):
+            mates = sorted(xx for xx, c in zip(xs, columns_of) if c == col)
+            j = mates.index(x)
+            if len(mates) == 2:
+                offset, ha = ((-4, 5), "right") if j == 0 else ((4, 5), "left")
+            else:
+                offset, ha = (0, 7 + 9 * (j % 2)), "center"
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=offset, ha=ha, va="bottom",
                         fontsize=7, fontstyle="italic")
     ax.set_xticks(np.arange(len(columns)), list(columns))
     ax.set_xlim(-0.6, len(columns) - 0.4)
@@ -198,35 +205,47 @@ def plot_length_curve(runs: Sequence[Mapping[str, Any]], column: str = "Mean", y
                       save: str | Path | None = None) -> Figure:
     """The main metric against training length, one panel per student resolution: each arm's mean
     over seeds at each number of epochs, error bars the sample std over seeds, the number of seeds
-    written at each point. ``runs``: the run records of :func:`cdkd.report.curve_runs` (``label``,
-    ``resolution``, ``config.train.epochs``, ``metrics``)."""
+    under each length's tick (``n=5``; ``n=5/3`` when the arms differ, in legend order), and a dotted
+    line at the length the study's own runs trained (records marked ``in_study``). ``runs``: the run
+    records of :func:`cdkd.report.curve_runs` (``label``, ``resolution``, ``config.train.epochs``,
+    ``metrics``)."""
     by_res: dict[int, dict[str, dict[int, list[float]]]] = {}
+    study: dict[int, set[int]] = {}
     for r in runs:
         if r["label"] in arms and column in r["metrics"]:
             epochs = int(r["config"]["train"]["epochs"])
             by_res.setdefault(int(r["resolution"]), {}).setdefault(r["label"], {}).setdefault(epochs, []).append(
                 float(r["metrics"][column]))
+            if r.get("in_study"):
+                study.setdefault(int(r["resolution"]), set()).add(epochs)
     panels = max(len(by_res), 1)
-    fig = NotebookFigure(figsize=(4.6 * panels, 3.8), layout="constrained")
+    fig = NotebookFigure(figsize=(4.6 * panels, 3.9), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
     if not by_res:
         note_axis(axes[0], "no curve runs (reproduce --curve-epochs)")
         return finish_figure(fig, save)
     for ax, (res, curves) in zip(axes, sorted(by_res.items())):
         lengths = sorted({e for points in curves.values() for e in points})
-        for i, arm in enumerate(a for a in arms if a in curves):
+        drawn = [a for a in arms if a in curves]
+        for i, arm in enumerate(drawn):
             points = curves[arm]
             xs = sorted(points)
             means = [float(np.mean(points[e])) for e in xs]
             stds = [float(np.std(points[e], ddof=1)) if len(points[e]) > 1 else 0.0 for e in xs]
             ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, color=f"C{i}", label=arm)
-            for x, m, values in zip(xs, means, (points[e] for e in xs)):
-                ax.annotate(f"n={len(values)}", (x, m), textcoords="offset points", xytext=(6, -12 if i else 6),
-                            fontsize=7, color=f"C{i}")
-        ax.set_xticks(lengths)
-        ax.set_xlabel("training epochs")
+        for e in sorted(study.get(res, ())):
+            ax.axvline(e, color="0.5", linestyle=":", linewidth=1, zorder=0,
+                       label=f"the study's length ({e} epochs)")
+        ticks = []
+        for e in lengths:
+            counts = [len(curves[a].get(e, ())) for a in drawn]
+            ticks.append(f"{e}\nn={counts[0]}" if len(set(counts)) == 1 else f"{e}\nn=" + "/".join(map(str, counts)))
+        ax.set_xticks(lengths, ticks)
+        ax.set_xlabel("training epochs (n = seeds)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{res}x{res} students", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left")
+        handles, labels = ax.get_legend_handles_labels()  # the arms first, the study's length last
+        order = sorted(range(len(labels)), key=lambda k: labels[k].startswith("the study's"))
+        ax.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=8, loc="upper left")
     fig.suptitle(f"{ylabel} against training length (mean ± sample std over seeds)", fontsize=10)
     return finish_figure(fig, save)
