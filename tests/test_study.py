@@ -165,6 +165,8 @@ def test_the_curve_reuses_study_runs_and_trains_other_lengths(synth, teacher_ckp
 
     table = curve_table(curve_runs(tmp_path), "mpii")
     assert "| 32x32 | 1 |" in table and "| 32x32 | 2 |" in table
+    marked = {r["config"]["train"]["epochs"]: bool(r.get("in_study")) for r in curve_runs(tmp_path)}
+    assert marked == {1: True, 2: False}  # the study's own length is the one the figure marks
     shutil.copytree(study["baseline"], tmp_path / "curve" / "r32_s0_baseline_e1")  # a length trained twice
     assert sum(r["config"]["train"]["epochs"] == 1 for r in curve_runs(tmp_path)) == 1  # is counted once
 
