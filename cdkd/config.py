@@ -40,6 +40,11 @@ class TeacherConfig:
     checkpoint: str = ""  # cdkd checkpoint or official state dict of the trained teacher
     random: bool = False  # True: an untrained teacher of this arch (the control arm; checkpoint ignored)
     shuffle: bool = False  # True: each crop distils from another crop's output in the batch (rolled by one; control B)
+    # outputs computed once per batch of views and read back by every later student (same bits,
+    # cdkd.engine.teacher_cache): auto = disk for a trained teacher on the CPU, else none | disk | none
+    cache: str = "auto"
+    cache_dir: str = ""  # "" = DATA_ROOT/.cache (one sub-folder per teacher)
+    cache_max_gb: float = 32.0  # no more batches are written above this (a warning says so)
 
 
 @dataclass
@@ -61,7 +66,7 @@ class DataConfig:
     half_body_prob: float = 0.0
     num_joints_half_body: int = 8
     on_bad: str = "error"  # error | skip: what a bad image or annotation does
-    workers: int = 2
+    workers: int = 2  # loader workers, and the augmentation streams (same samples however many processes run)
     cache: str = "decoded"  # decoded: images decoded once into a file under cache_dir (same crops, faster) | none
     cache_dir: str = ""  # where the decoded images go; "" = ROOT/.cache (data/synth/mpii/.cache for the demo)
     cache_max_gb: float = 16.0  # a larger split is not cached (a warning says so)
@@ -118,7 +123,7 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False
-    threads: str = "auto"  # torch intra-op threads: auto (cores // (1 + data.workers), at least 1) or a number
+    threads: str = "auto"  # auto: min(data.workers, cores - 1) loader processes, the trainer the other cores | a number
     deterministic: bool = True
     max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)
     log_every: int = 10
@@ -315,6 +320,7 @@ _CHOICES = {
     "data.dataset": ("coco", "mpii"),
     "data.on_bad": ("error", "skip"),
     "data.cache": ("none", "decoded"),
+    "teacher.cache": ("auto", "disk", "none"),
     "loss.kind": ("mean", "sum"),
     "distill.fidelity": ("paper", "official"),
     "distill.feature": ("sape", "conv", "fc", "none"),
@@ -384,6 +390,8 @@ def _validate_values(cfg: Config) -> None:
         "data.max_samples": (cfg.data.max_samples, lambda v: v >= 0, "must be 0 (all) or more"),
         "data.cache_max_gb": (cfg.data.cache_max_gb, lambda v: math.isfinite(v) and v >= 0,
                               "must be a finite number >= 0"),
+        "teacher.cache_max_gb": (cfg.teacher.cache_max_gb, lambda v: math.isfinite(v) and v >= 0,
+                                 "must be a finite number >= 0"),
         "train.threads": (cfg.train.threads, lambda v: v == "auto" or (v.isdigit() and int(v) > 0),
                           "must be 'auto' or a positive integer"),
     }

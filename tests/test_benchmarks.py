@@ -26,20 +26,25 @@ def test_train_step_tiny_compares_the_pipelines(tmp_path):
     assert result["benchmark"] == "train_step" and result["quick"] is True
     size = result["summary"]["whole_steps"]["32"]
     rates = {(m, p): size[f"samples_per_s_{m}_{p}"] for m in ("baseline", "distill") for p in ("old", "new")}
+    rates["distill", "cold"] = size["samples_per_s_distill_cold"]
     assert all(v > 0 for v in rates.values()), rates
     # the ratios are the rates' ratios (3 significant digits)
     assert size["speedup_distill"] == pytest.approx(rates["distill", "new"] / rates["distill", "old"], rel=0.01)
     assert size["speedup_baseline"] == pytest.approx(rates["baseline", "new"] / rates["baseline", "old"], rel=0.01)
     assert size["distill_over_baseline"] == pytest.approx(rates["baseline", "new"] / rates["distill", "new"], rel=0.01)
+    assert size["speedup_distill_cold"] == pytest.approx(rates["distill", "cold"] / rates["distill", "old"], rel=0.01)
     steal = result["summary"]["steal_share"]
     assert steal is None or 0.0 <= steal <= 1.0
     whole = result["settings"]["whole_steps"]
-    assert whole["pipelines"]["new"] == ["data.cache=decoded", "train.threads=auto"]
-    assert whole["pipelines"]["old"][0] == "data.cache=none"
-    assert whole["thread_policy"]["new"]["setting"] == "auto"
+    assert whole["pipelines"]["new"][:3] == ["data.cache=decoded", "train.threads=auto", "teacher.cache=disk"]
+    assert whole["pipelines"]["cold"][:3] == whole["pipelines"]["new"][:3]
+    assert whole["pipelines"]["old"][0] == "data.cache=none" and "teacher.cache=none" in whole["pipelines"]["old"]
+    assert whole["thread_policy"]["new"]["setting"] == "auto" and whole["thread_policy"]["new"]["fits"]
+    assert set(whole["cache_fill_seconds"]) == {"distill 32 new"}
     assert set(result["summary"]["targets_met"]) == {f"{k} at 32" for k in
                                                      ("speedup_distill", "speedup_baseline", "distill_over_baseline")}
-    assert [r[:2] for r in result["tables"][0]["rows"]] == [[32, "baseline"], [32, "distill"]]
+    assert [r[:2] for r in result["tables"][0]["rows"]] == [[32, "baseline"], [32, "distill"],
+                                                             [32, "distill, cache cold"]]
     assert result["tables"][1]["rows"][0][0] == "demo 32 <- 128"  # part 2: model steps on random inputs
     assert (tmp_path / "data" / "synth-24" / "mpii" / ".cache").is_dir()  # the new pipeline's decoded images
 

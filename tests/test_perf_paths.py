@@ -100,6 +100,27 @@ def test_an_image_changed_after_caching_is_read_from_its_file(tmp_path):
     assert_same(samples(plain, [0])[0], samples(cached, [0])[0])
 
 
+def test_a_relative_data_root_reads_the_decoded_images(tmp_path, monkeypatch):
+    """The study's presets give data.root relative to the repository: the cache must still be read
+    (it was keyed by absolute path and looked up by the relative one, so every sample decoded its
+    JPEG again)."""
+    import cdkd.data.topdown as topdown
+
+    synthesize(tmp_path / "synth", train=6, val=2, seed=5)
+    monkeypatch.chdir(tmp_path)
+    relative = build_dataset(tiny("synth"), "train")
+    assert not os.path.isabs(relative.records[0].image) and relative.decoded is not None
+    reads = []
+    monkeypatch.setattr(topdown, "read_image", lambda path: reads.append(path))
+    got = samples(relative, range(len(relative)))
+    assert reads == [] and len(got) == len(relative) > 0
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    plain = build_dataset(tiny("synth", "data.cache=none"), "train")
+    for a, b in zip(samples(plain, range(len(plain))), got):
+        assert_same(a, b)
+
+
 def test_cache_size_limit_and_cache_dir(tmp_path, synth):
     with pytest.warns(UserWarning, match="data.cache_max_gb"):
         ds = build_dataset(tiny(synth, "data.cache_max_gb=0.000001", f"data.cache_dir={tmp_path}/c1"), "train")
@@ -147,16 +168,47 @@ def test_teacher_forward_equals_no_grad_and_enters_the_loss_graph():
     assert student_feature.grad is not None and torch.isfinite(student_feature.grad).all()
 
 
-@pytest.mark.parametrize("cores, workers, threads, fits", [
-    (2, 2, 1, False), (2, 1, 1, True), (2, 0, 2, True), (8, 3, 2, True), (16, 0, 16, True), (1, 0, 1, True),
+@pytest.mark.parametrize("cores, workers, loader, threads", [
+    (2, 2, 1, 1), (2, 1, 1, 1), (2, 0, 0, 2), (8, 3, 3, 5), (16, 0, 0, 16), (1, 0, 0, 1), (1, 2, 0, 1),
 ])
-def test_auto_threads_fit_the_cores(cores, workers, threads, fits):
+def test_auto_threads_fit_the_cores(cores, workers, loader, threads):
     cfg = load_config("tiny_student", [f"data.workers={workers}"])
     policy = thread_policy(cfg, cores=cores)
-    assert policy["threads"] == threads and policy["fits"] is fits
-    assert policy["processes"] == 1 + workers and policy["setting"] == "auto"
-    if fits:
-        assert policy["threads"] + workers <= cores
+    assert (policy["loader_workers"], policy["threads"]) == (loader, threads)
+    assert policy["processes"] == 1 + loader and policy["workers"] == workers and policy["setting"] == "auto"
+    assert policy["fits"] and policy["threads"] + policy["loader_workers"] <= cores
+
+
+def test_explicit_threads_keep_the_workers_and_may_oversubscribe():
+    policy = thread_policy(load_config("tiny_student", ["data.workers=2", "train.threads=2"]), cores=2)
+    assert (policy["loader_workers"], policy["threads"], policy["fits"]) == (2, 2, False)
+
+
+@pytest.mark.parametrize("processes", [0, 1])
+def test_fewer_loader_processes_give_the_batches_of_the_configured_workers(synth, processes, monkeypatch):
+    """data.workers=2 on a machine that runs fewer loader processes: every batch (augmentations,
+    crops, targets) and the global RNG afterwards equal those of a real 2-worker loader."""
+    from torch.utils.data import DataLoader
+
+    import cdkd.engine.train as train
+    from cdkd.engine.dist import DistInfo
+
+    cfg = tiny(synth, "data.workers=2", "train.batch_size=4")
+    ds = build_dataset(cfg, "train", teacher_size=(64, 64))
+    torch.manual_seed(11)
+    reference = list(DataLoader(ds, batch_size=4, shuffle=True, num_workers=2, drop_last=True,
+                                worker_init_fn=train.single_thread_worker))
+    after_reference = torch.get_rng_state()
+    monkeypatch.setattr(train, "thread_policy", lambda c: {"loader_workers": processes})
+    loader = train.make_loader(ds, cfg, 0, torch.device("cpu"), DistInfo())
+    assert loader.num_workers == processes and len(loader) == len(reference) == len(ds) // 4
+    torch.manual_seed(11)
+    got = list(loader)
+    assert torch.equal(torch.get_rng_state(), after_reference)
+    for a, b in zip(reference, got):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
 
 
 def test_explicit_threads_and_bad_values():

@@ -89,7 +89,7 @@ def normalize(crop: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-CACHE_VERSION = 2  # bump when the cache layout or the decoding changes
+CACHE_VERSION = 3  # bump when the cache layout or the decoding changes (3: the index keyed by absolute path)
 
 
 class DecodedImages:
@@ -101,7 +101,7 @@ class DecodedImages:
 
     Args:
         path: the ``.bin`` file (images back to back, row-major [H, W, 3]).
-        index: image path -> (byte offset, H, W, file size, file mtime_ns) of the decoded file.
+        index: absolute image path -> (byte offset, H, W, file size, file mtime_ns) of the decoded file.
     """
 
     def __init__(self, path: str | Path, index: dict[str, tuple[int, ...]]) -> None:
@@ -114,8 +114,9 @@ class DecodedImages:
 
     def get(self, image: str) -> np.ndarray | None:
         """The decoded image [H, W, 3] uint8 (a read-only view of the mapped file), or None when it
-        is not cached or its file changed since (size or modification time: read the file then)."""
-        entry = self.index.get(image)
+        is not cached or its file changed since (size or modification time: read the file then).
+        ``image`` may be relative to the working directory (a relative ``data.root``)."""
+        entry = self.index.get(os.path.abspath(image))
         if entry is None:
             return None
         offset, h, w, size, mtime = entry
@@ -194,7 +195,7 @@ def decoded_images(records: Sequence[PersonRecord], cache_dir: str | Path, name:
                                   "'data.cache_max_gb'); reading the image files instead", stacklevel=2)
                     return None
                 f.write(np.ascontiguousarray(array).tobytes())
-                index[image] = (offset, array.shape[0], array.shape[1], st.st_size, st.st_mtime_ns)
+                index[os.path.abspath(image)] = (offset, array.shape[0], array.shape[1], st.st_size, st.st_mtime_ns)
                 offset += array.nbytes
         os.replace(tmp, bin_path)
         tmp_index = index_path.with_name(f".{index_path.name}.{os.getpid()}.tmp")
@@ -273,6 +274,8 @@ class TopDownDataset(Dataset):
         self.gt_mat = gt_mat
         self.filtered = dict(filtered or {})
         self.records = self._check_images(records) if on_bad == "skip" else list(records)
+        self.teacher_cache = None  # see use_teacher_cache
+        self.images_key: str | None = None
 
     # -- attributes used by training and evaluation -------------------------------------------
     @property
@@ -322,18 +325,30 @@ class TopDownDataset(Dataset):
                 kept.append(rec)
         return kept
 
-    def _augmentation(self, rec: PersonRecord) -> Augmentation:
+    def _augmentation(self, rec: PersonRecord, seed: int | None = None) -> Augmentation:
         if not self.train:
             return Augmentation(center=rec.center.copy(), scale=rec.scale.copy(), rotation=0.0, flip=False)
         # One seed per sample from torch's generator: DataLoader seeds it per worker, so the
-        # draw is reproducible under torch.manual_seed and differs between workers.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        # draw is reproducible under torch.manual_seed and differs between workers. A batch of
+        # AugmentationStreams brings the seed that draw would have given.
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, ()).item())
+        rng = np.random.default_rng(seed)
         aspect = self.input_size[1] / self.input_size[0]
         return sample_augmentation(
             rec.center, rec.scale, rec.joints, rec.visible, self.aug, self.meta.upper_body_ids, aspect, rng
         )
 
     def __getitem__(self, index: int) -> dict:
+        sample, image, aug = self._item(index)
+        if image is not None and self.teacher_size is not None:
+            sample["teacher_image"] = self._teacher_crop(image, aug)
+        return sample
+
+    def _item(self, index: int, seed: int | None = None) -> tuple[dict, np.ndarray | None, Augmentation | None]:
+        """The sample without its teacher crop, with the image and augmentation it was cut with
+        (a blank sample, :meth:`_blank_sample`, comes with its teacher crop and no image);
+        ``seed``: the augmentation's seed (default: drawn from torch's generator)."""
         rec = self.records[index]
         try:
             image = self.decoded.get(rec.image) if self.decoded is not None else None
@@ -344,8 +359,8 @@ class TopDownDataset(Dataset):
                 raise DataError(f"{err} (record #{index}, image id {rec.image_id}, annotation id {rec.ann_id})") from None
             warnings.warn(f"skipping unreadable image: {err}", stacklevel=2)
             self.problems.skipped.append({"where": f"image {rec.image}", "reason": str(err)})
-            return self._blank_sample(index, rec)
-        aug = self._augmentation(rec)
+            return self._blank_sample(index, rec), None, None
+        aug = self._augmentation(rec, seed)
         width = image.shape[1]
         h, w = self.input_size
         matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, width, self.input_size)
@@ -378,12 +393,62 @@ class TopDownDataset(Dataset):
             "valid": 1,
             "split_ratio": float(self.split_ratio),  # k, so that a sample's targets can be read alone
         }
-        if self.teacher_size is not None:
-            th, tw = self.teacher_size
-            t_matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, width, self.teacher_size)
-            teacher = cv2.warpAffine(image, t_matrix, (tw, th), flags=cv2.INTER_LINEAR)
-            sample["teacher_image"] = normalize(teacher)  # [3, H, W]
-        return sample
+        return sample, image, aug
+
+    def _teacher_crop(self, image: np.ndarray, aug: Augmentation) -> torch.Tensor:
+        """The teacher crop [3, H, W]: the student crop's warp at the teacher size."""
+        th, tw = self.teacher_size
+        t_matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, image.shape[1], self.teacher_size)
+        return normalize(cv2.warpAffine(image, t_matrix, (tw, th), flags=cv2.INTER_LINEAR))
+
+    # -- teacher outputs read from a cache (cdkd.engine.teacher_cache) ---------------------------
+    def use_teacher_cache(self, cache) -> None:
+        """Read the teacher's outputs of a loader batch from ``cache`` (a
+        :class:`cdkd.engine.teacher_cache.TeacherCache`, or None to stop) instead of cutting the
+        teacher crops, where the cache holds that batch of views (:meth:`__getitems__`)."""
+        self.teacher_cache = cache
+        self.images_key = _cache_key([rec.image for rec in self.records]) if cache is not None else None
+
+    def __getitems__(self, indices: Sequence[int] | Sequence[tuple[int, int]]) -> list[dict]:
+        """A loader batch (torch's ``DataLoader`` calls this with the batch's indices, or with
+        ``(index, seed)`` pairs from :class:`AugmentationStreams`).
+
+        Without a teacher cache: the samples of :meth:`__getitem__`. With one: the batch's views
+        (images, record indices, augmentations, teacher size) name a cache file; when it exists
+        each sample carries its teacher outputs as ``teacher_x``, ``teacher_y`` and
+        ``teacher_feature`` (no teacher crop is cut), otherwise each sample gets its teacher crop and
+        the file's key as ``teacher_key`` (the trainer writes the teacher's outputs there). Either
+        way the samples collate with torch's default. A batch with a blank sample is not cached.
+        The random draws are those of ``__getitem__``.
+        """
+        pairs = [(i, None) if isinstance(i, (int, np.integer)) else (int(i[0]), int(i[1])) for i in indices]
+        items = [self._item(i, seed) for i, seed in pairs]
+        cache = getattr(self, "teacher_cache", None)
+        if cache is None or self.teacher_size is None:
+            return [sample if image is None or self.teacher_size is None
+                    else {**sample, "teacher_image": self._teacher_crop(image, aug)} for sample, image, aug in items]
+        if any(image is None for _, image, _ in items):
+            return [sample if image is None else {**sample, "teacher_image": self._teacher_crop(image, aug)}
+                    for sample, image, aug in items]
+        key = cache.key(self._views(items))
+        outputs = cache.load(key)
+        samples = [sample for sample, _, _ in items]
+        if outputs is not None and all(len(outputs[f]) == len(samples) for f in TEACHER_FIELDS):
+            for i, sample in enumerate(samples):
+                sample.update({f"teacher_{f}": outputs[f][i] for f in TEACHER_FIELDS})
+            return samples
+        for sample, image, aug in items:
+            sample["teacher_image"] = self._teacher_crop(image, aug)
+            sample[TEACHER_KEY] = key
+        return samples
+
+    def _views(self, items) -> bytes:
+        """What the batch's teacher crops are cut from, as bytes (part of the cache key)."""
+        parts = [f"{self.images_key}|{len(self.records)}|teacher {self.teacher_size}|".encode()]
+        for sample, image, aug in items:
+            parts.append(np.array([sample["index"], image.shape[0], image.shape[1], int(aug.flip)], np.int64).tobytes())
+            parts.append(np.array([*aug.center, *aug.scale, aug.rotation], np.float64).tobytes())
+        return b"".join(parts)
 
     def _blank_sample(self, index: int, rec: PersonRecord) -> dict:
         """A sample with a zero image and zero weights for an image that could not be read."""
@@ -409,6 +474,53 @@ class TopDownDataset(Dataset):
         if self.teacher_size is not None:
             sample["teacher_image"] = torch.zeros(3, *self.teacher_size)
         return sample
+
+
+TEACHER_FIELDS = ("x", "y", "feature")  # a sample's cached teacher outputs are "teacher_x", ...
+TEACHER_KEY = "teacher_key"  # the cache file a batch's teacher outputs go to (on each of its samples)
+
+
+class AugmentationStreams:
+    """The shuffled batches of an epoch, each index with the seed of its augmentation, as a
+    ``DataLoader`` with ``streams`` workers would draw them, for a loader with fewer (or no) worker
+    processes (``DataLoader(batch_sampler=...)``; :func:`cdkd.engine.train.make_loader`).
+
+    torch's loader draws, from the global generator, first its workers' base seed, then the
+    shuffling seed of its ``RandomSampler``; worker ``w`` seeds its generator with ``base + w`` and
+    gets batches ``w, w + streams, ...``, where each sample draws its augmentation seed in turn
+    (:meth:`TopDownDataset._augmentation`). This sampler makes the same draws in the same order, so
+    the batches are the same bits whatever number of processes cuts them. (A blank sample of an
+    unreadable image draws no seed in a real worker, so after one the two differ.) Give the loader
+    a generator of its own, so that its own draw leaves the global one alone.
+
+    Args:
+        size: the data set's length.
+        batch_size: samples per batch.
+        drop_last: drop the last incomplete batch.
+        streams: the number of loader workers whose draws are reproduced (``data.workers``, >= 1).
+    """
+
+    def __init__(self, size: int, batch_size: int, drop_last: bool, streams: int) -> None:
+        self.size, self.batch_size = int(size), int(batch_size)
+        self.drop_last, self.streams = bool(drop_last), int(streams)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full if self.drop_last or rest == 0 else full + 1
+
+    def __iter__(self):
+        base = int(torch.empty((), dtype=torch.int64).random_().item())  # the loader's worker base seed
+        shuffle = torch.Generator()
+        shuffle.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))  # RandomSampler's
+        order = torch.randperm(self.size, generator=shuffle).tolist()
+        generators = []
+        for w in range(self.streams):
+            generators.append(torch.Generator())
+            generators[-1].manual_seed(base + w)
+        for b in range(len(self)):
+            indices = order[b * self.batch_size: (b + 1) * self.batch_size]
+            g = generators[b % self.streams]
+            yield [(i, int(torch.randint(0, 2**62, (), generator=g).item())) for i in indices]
 
 
 def _resolve(path: str, root: Path) -> Path:

@@ -31,10 +31,11 @@ RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
 # resumed or reused): the device, loader workers, torch threads, the decoded-image cache (same
-# crops), progress display, logging interval and folder names.
+# crops), the teacher-output cache (same bits), progress display, logging interval and folder names.
 NON_RESULT_KEYS = frozenset({"name", "train.device", "data.workers", "train.log_every", "train.out_dir",
                              "train.run_name", "train.threads", "data.cache", "data.cache_dir",
-                             "data.cache_max_gb", "train.progress"})
+                             "data.cache_max_gb", "train.progress",
+                             "teacher.cache", "teacher.cache_dir", "teacher.cache_max_gb"})
 
 PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pycocotools", "scipy", "cdkd")
 
@@ -64,25 +65,34 @@ def usable_cores() -> int:
 
 
 def thread_policy(cfg: Config, cores: int | None = None) -> dict:
-    """The torch intra-op threads of the training process (``train.threads``).
+    """The loader processes and the torch intra-op threads of the training process (``train.threads``).
 
-    ``auto``: the trainer and its ``data.workers`` loader processes share the cores, so the trainer
-    gets ``cores // (1 + workers)`` threads (at least 1) and every worker one (its ``worker_init_fn``).
-    More threads than cores is the costly case: a busy core makes OpenMP threads wait for each other
-    (8.5x slower steps measured with 2 threads and 2 workers on a loaded 2-core machine, issue 21).
+    ``auto``: the trainer, its loader workers and their threads never ask for more than the cores.
+    The loader runs ``min(data.workers, cores - 1)`` worker processes, each with one thread, and the
+    trainer gets the other cores (at least one thread). ``data.workers`` keeps naming the
+    augmentation streams: where fewer processes run, :func:`cdkd.engine.train.make_loader` draws
+    every batch's augmentations as ``data.workers`` workers would have, so the samples (and the
+    run) are the same bits (tests/test_perf_paths.py). More threads than cores is the costly case:
+    a busy core makes OpenMP threads wait for each other (8.5x slower steps measured with 2 threads
+    and 2 workers on a loaded 2-core machine, issue 21).
+
+    An explicit number: that many trainer threads next to ``data.workers`` worker processes.
 
     Returns:
-        ``{'setting', 'cores', 'workers', 'threads', 'processes', 'fits'}``; ``fits`` is False when
-        the trainer's threads plus one per worker exceed the cores (e.g. 2 workers on 2 cores, where
-        even one thread each is one process too many; the workers then mostly wait on a full
-        prefetch queue).
+        ``{'setting', 'cores', 'workers', 'loader_workers', 'threads', 'processes', 'fits'}``;
+        ``workers`` is ``data.workers``, ``loader_workers`` the processes that run, ``fits`` False
+        when the trainer's threads plus one per loader process exceed the cores.
     """
     cores = usable_cores() if cores is None else int(cores)
     workers = int(cfg.data.workers)
     setting = str(cfg.train.threads)
-    threads = max(1, cores // (1 + workers)) if setting == "auto" else int(setting)
-    return {"setting": setting, "cores": cores, "workers": workers, "threads": threads,
-            "processes": 1 + workers, "fits": threads + workers <= cores}
+    if setting == "auto":
+        loader = min(workers, max(cores - 1, 0))
+        threads = max(1, cores - loader)
+    else:
+        loader, threads = workers, int(setting)
+    return {"setting": setting, "cores": cores, "workers": workers, "loader_workers": loader, "threads": threads,
+            "processes": 1 + loader, "fits": threads + loader <= cores}
 
 
 OUTPUT_FOLDERS = ("results", "data", "runs")

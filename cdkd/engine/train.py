@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, run_name
-from cdkd.data.topdown import build_dataset
+from cdkd.data.topdown import TEACHER_FIELDS, TEACHER_KEY, AugmentationStreams, build_dataset
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
@@ -43,9 +43,10 @@ from cdkd.engine.progress import loader_batches, progress_bar, say
 from cdkd.engine.recorder import Recorder, trim_records
 from cdkd.engine.resume import check_resume, resume_state, save_state
 from cdkd.engine.run import (atomic_write_text, epoch_seed, hold_folder, portable_config, release_folder, run_files,
-                             seed_everything, setup_run)
+                             seed_everything, setup_run, thread_policy)
+from cdkd.engine.teacher_cache import TeacherCache, teacher_cache_for
 from cdkd.losses import simcc_loss
-from cdkd.models import build_pose_model
+from cdkd.models import PoseOutput, build_pose_model
 from cdkd.models.load import load_model, save_checkpoint
 
 
@@ -65,6 +66,7 @@ class Training:
     val_set: torch.utils.data.Dataset
     teacher: nn.Module | None = None
     distiller: Distiller | None = None
+    teacher_cache: TeacherCache | None = None
 
     @property
     def bare_model(self) -> nn.Module:
@@ -77,7 +79,8 @@ class Training:
 
     def losses(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """:func:`compute_losses` of ``batch`` with this run's models."""
-        return compute_losses(self.model, batch, self.cfg, self.device, self.teacher, self.distiller)
+        return compute_losses(self.model, batch, self.cfg, self.device, self.teacher, self.distiller,
+                              self.teacher_cache)
 
 
 def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
@@ -122,6 +125,15 @@ def load_teacher(cfg: Config, num_joints: int, device: torch.device, random: boo
     return teacher
 
 
+def make_teacher_cache(cfg: Config, teacher: nn.Module, device: torch.device) -> TeacherCache | None:
+    """The cache of the teacher's outputs that ``teacher.cache`` asks for (:mod:`cdkd.engine.teacher_cache`),
+    under ``teacher.cache_dir`` or ``DATA_ROOT/.cache``; None when it is off."""
+    t = cfg.teacher
+    folder = Path(t.cache_dir) if t.cache_dir else Path(cfg.data.root) / ".cache"
+    return teacher_cache_for(teacher, t.cache, t.random, folder, t.cache_max_gb, cfg.train.channels_last,
+                             cfg.train.amp, device)
+
+
 def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.optim.Optimizer:
     """The run's optimizer; ETHT parameters get their own group (:func:`cdkd.distill.etht.etht_param_group`).
 
@@ -157,10 +169,12 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
-    teacher = distiller = None
+    teacher = distiller = cache = None
     etht_params: list = []
     if cfg.train.mode == "distill":
         teacher = load_teacher(cfg, train_set.num_joints, device, random=cfg.teacher.random)
+        cache = make_teacher_cache(cfg, teacher, device)
+        train_set.use_teacher_cache(cache)
         distiller = make_distiller(cfg, model, teacher).to(device)
         etht_params = distiller.etht_parameters()
         params += [p for p in distiller.trainable_parameters() if all(p is not q for q in etht_params)]
@@ -175,7 +189,7 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     if cfg.train.compile:
         model = torch.compile(model)
     t = Training(cfg, Path(run_dir), device, dist, model, optimizer, scheduler, scaler, train_set, val_set,
-                 teacher, distiller)
+                 teacher, distiller, cache)
     if distiller is not None and cfg.distill.calibrate_share > 0:
         calibrate_weights(t)
     return t
@@ -217,23 +231,27 @@ def make_distiller(cfg: Config, student: nn.Module, teacher: nn.Module) -> Disti
 
 
 def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: DistInfo) -> DataLoader:
-    """The epoch's loader; its shuffling and worker seeds follow the reseeded global RNG."""
+    """The epoch's loader; its shuffling and worker seeds follow the reseeded global RNG.
+
+    Where the thread policy (:func:`cdkd.engine.run.thread_policy`) runs fewer loader processes
+    than ``data.workers`` (a 2-core machine), the batches come from
+    :class:`cdkd.data.topdown.AugmentationStreams`: the same samples as ``data.workers`` workers
+    would cut. Under DDP the loader runs ``data.workers`` workers per rank as configured."""
+    per_rank = max(1, cfg.train.batch_size // dist.world_size)
+    drop_last = len(dataset) > per_rank
+    common = {"pin_memory": device.type == "cuda", "persistent_workers": False,
+              "worker_init_fn": single_thread_worker}
+    streams, processes = cfg.data.workers, thread_policy(cfg)["loader_workers"]
+    if not dist.enabled and 0 < streams and processes < streams:
+        batches = AugmentationStreams(len(dataset), per_rank, drop_last, streams)
+        return DataLoader(dataset, batch_sampler=batches, num_workers=processes, generator=torch.Generator(),
+                          **common)
     sampler = None
     if dist.enabled:
         sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.train.seed, drop_last=True)
         sampler.set_epoch(epoch)
-    per_rank = max(1, cfg.train.batch_size // dist.world_size)
-    return DataLoader(
-        dataset,
-        batch_size=per_rank,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=cfg.data.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=len(dataset) > per_rank,
-        persistent_workers=False,
-        worker_init_fn=single_thread_worker,
-    )
+    return DataLoader(dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler, num_workers=streams,
+                      drop_last=drop_last, **common)
 
 
 def single_thread_worker(worker_id: int) -> None:
@@ -250,9 +268,12 @@ def compute_losses(
     device: torch.device,
     teacher: nn.Module | None = None,
     distiller: Distiller | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Forward the student (and, with a distiller, the teacher); return L_total (Eq. 8), the logged
-    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.distill.shares`)."""
+    terms and the weighted parts of Eq. 8 (with their graphs, for :mod:`cdkd.distill.shares`).
+    The teacher's outputs come from the batch where its loader found them cached, else from the
+    teacher, and are then written to ``teacher_cache`` (:func:`teacher_outputs`)."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     image = batch["image"].to(device, non_blocking=True).contiguous(memory_format=fmt)
     tx = batch["target_x"].to(device, non_blocking=True)
@@ -269,9 +290,26 @@ def compute_losses(
         terms = {"task": parts["task"].detach(), "feature": zero, "feature_weighted": zero, "logit": zero,
                  "logit_weighted": zero}
         return total, terms, parts
-    teacher_out = teacher_forward(teacher, batch["teacher_image"].to(device, non_blocking=True), cfg, device)
+    teacher_out = teacher_outputs(teacher, batch, cfg, device, teacher_cache)
     step = distiller(out, teacher_out, weight, task, cfg.loss.weight)
     return step.total, step.terms, step.parts
+
+
+def teacher_outputs(teacher: nn.Module, batch: dict, cfg: Config, device: torch.device,
+                    cache: TeacherCache | None = None):
+    """The teacher's outputs for a loader batch: read from the cache by the loader (``teacher_x``,
+    ``teacher_y``, ``teacher_feature``), or computed by :func:`teacher_forward` from the teacher
+    crops and, where the loader named a cache file for them (``teacher_key``), written to
+    ``cache``. Both give the same bits for the same batch of views (tests/test_teacher_cache.py);
+    both are returned contiguous, whatever memory format the teacher computed in."""
+    if "teacher_x" in batch:
+        return PoseOutput(**{f: batch[f"teacher_{f}"].to(device, non_blocking=True).contiguous()
+                             for f in TEACHER_FIELDS})
+    out = teacher_forward(teacher, batch["teacher_image"].to(device, non_blocking=True), cfg, device)
+    out = PoseOutput(*(t.contiguous() for t in out))
+    if cache is not None and TEACHER_KEY in batch:
+        cache.save(batch[TEACHER_KEY][0], out._asdict())
+    return out
 
 
 def teacher_forward(teacher: nn.Module, image: torch.Tensor, cfg: Config, device: torch.device):
@@ -309,10 +347,12 @@ def train_one_epoch(
     dist: DistInfo,
     teacher: nn.Module | None = None,
     distiller: Distiller | None = None,
+    teacher_cache: TeacherCache | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader`` (at most ``train.max_steps_per_epoch`` steps); returns the mean of
     every logged term. ``model`` is the student (or the teacher being trained), maybe DDP-wrapped;
-    ``teacher`` and ``distiller`` are given in distill mode."""
+    ``teacher``, ``distiller`` and ``teacher_cache`` are given in distill mode; there the result
+    also has ``teacher_cached``, the share of steps whose teacher outputs were read from the cache."""
     model.train()
     if distiller is not None:
         distiller.train()
@@ -321,12 +361,14 @@ def train_one_epoch(
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # the shares are measured on logged steps only
-    done = 0
+    done = cached = samples = 0
     start = time.perf_counter()
     with progress_bar(cfg.train.progress, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main) as bar, \
             loader_batches(loader, steps) as batches:  # its workers are shut down however the loop ends
         for i, batch in enumerate(batches):
-            loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller)
+            loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller, teacher_cache)
+            cached += "teacher_x" in batch
+            samples += len(batch["image"])
             log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
             shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
             # one device->host copy per step for every logged term (not one sync per term)
@@ -352,7 +394,9 @@ def train_one_epoch(
             done += 1
     n = max(1, done)
     means = {k: v / counts[k] for k, v in sums.items()}
-    means["samples_per_s"] = n * loader.batch_size * dist.world_size / max(time.perf_counter() - start, 1e-9)
+    means["samples_per_s"] = samples * dist.world_size / max(time.perf_counter() - start, 1e-9)
+    if distiller is not None:
+        means["teacher_cached"] = cached / n
     return all_reduce_mean(means, dist)
 
 
@@ -516,7 +560,7 @@ def _fit(cfg: Config, target: Path, resume, stop_after: int | None, overwrite: b
             seed_everything(epoch_seed(cfg.train.seed, epoch, t.dist.rank), cfg.train.deterministic)
             loader = make_loader(t.train_set, cfg, epoch, t.device, t.dist)  # after reseeding: same order on resume
             means = train_one_epoch(t.model, loader, t.optimizer, t.scaler, cfg, t.device, epoch, recorder, t.dist,
-                                    t.teacher, t.distiller)
+                                    t.teacher, t.distiller, t.teacher_cache)
             record = {"train": means, "lr": t.optimizer.param_groups[0]["lr"]}  # the rate this epoch trained at
             t.scheduler.step()
             last = epoch == cfg.train.epochs - 1

@@ -1,0 +1,154 @@
+"""The frozen teacher's outputs on disk, shared by every student trained under it (issue 21).
+
+A study trains many students under one frozen teacher: the paper arm, its components, a fixed-tau
+arm and the released-code arm of a seed see the same augmented views in the same batches (every
+epoch reseeds from ``(seed, epoch)``), and the 32x32 and 64x64 students of a seed see the same
+teacher crops. The teacher's outputs for a batch of views are therefore computed once, by the first
+student that meets the batch, and read back by the others; the teacher crop is then not rendered
+either. On the demo's 2-core CPU the teacher's forward is as costly as the student's whole step.
+
+A batch's file is named by a hash of everything its outputs depend on:
+
+* the teacher (:func:`teacher_identity`): its weights, architecture, input size, ``k``, memory
+  format and autocast setting, the torch version, the device type and the torch thread count
+  (float rounding may differ with any of these, and a cache must give what the online teacher
+  would give in the run that filled it);
+* the views (``TopDownDataset.__getitems__``): the split's images (paths, sizes, modification
+  times, in record order), and per sample its record index, the augmentation's center, scale,
+  rotation and flip, and the teacher crop size.
+
+So a hit is the same bits the online teacher gave on the same batch of views (tested), whatever
+run, arm or resolution filled it; anything else is a miss, and the teacher runs. The files are
+written atomically; a file that cannot be read is a miss and is written again. Above
+``teacher.cache_max_gb`` (or with less than 1 GB free on the disk) nothing more is written (a
+warning says so) and training goes on with the online teacher for the batches not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CACHE_VERSION = 1  # bump when the file layout or what a key covers changes
+MIN_FREE_BYTES = 1e9  # never fill the disk beyond this
+
+
+def teacher_identity(teacher: nn.Module, channels_last: bool, amp: str, device: torch.device) -> str:
+    """A hash of what the teacher's outputs depend on besides its inputs (see the module docstring)."""
+    h = hashlib.sha256(f"cdkd teacher outputs v{CACHE_VERSION}".encode())
+    for name in ("arch", "input_size", "split_ratio", "num_joints"):
+        h.update(f"|{name}={getattr(teacher, name, None)}".encode())
+    h.update(f"|{type(teacher).__name__}|channels_last={channels_last}|amp={amp}|{device.type}".encode())
+    h.update(f"|torch {torch.__version__}|threads {torch.get_num_threads()}".encode())
+    for name, value in sorted(teacher.state_dict().items()):
+        value = value.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"|{name}:{value.dtype}:{value.numel()}".encode())
+        h.update(value.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class TeacherCache:
+    """One teacher's outputs per batch of views, one file per batch under ``folder``.
+
+    Loader workers call :meth:`key` and :meth:`load` (the dataset's ``__getitems__``); the training
+    process calls :meth:`save` after running the teacher on a batch that missed.
+
+    Args:
+        folder: where the files go (created; one folder per teacher identity).
+        identity: :func:`teacher_identity` of the teacher.
+        max_bytes: no more files are written once the folder holds this many bytes.
+    """
+
+    def __init__(self, folder: str | Path, identity: str, max_bytes: float) -> None:
+        self.folder = Path(folder)
+        self.identity = identity
+        self.max_bytes = float(max_bytes)
+        self.used: int | None = None  # bytes in the folder, counted on the first save
+        self.full = False  # a warning was given; nothing more is written
+        self.hits = self.misses = self.saved = 0  # in this process
+
+    def __getstate__(self) -> dict:  # a worker starts its own counts
+        return {**self.__dict__, "hits": 0, "misses": 0, "saved": 0}
+
+    def key(self, views: bytes) -> str:
+        """The file name of a batch of views (their description as bytes, from the dataset)."""
+        return hashlib.sha256(self.identity.encode() + b"|" + views).hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The cached outputs ``{'x', 'y', 'feature'}`` of a batch, or None (not cached or unreadable)."""
+        path = self.path(key)
+        try:
+            outputs = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except Exception as err:  # a truncated or foreign file: a miss, written again by the trainer
+            warnings.warn(f"teacher output cache file {path} is unreadable ({type(err).__name__}: {err}); "
+                          "running the teacher for this batch", stacklevel=2)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return outputs
+
+    def save(self, key: str, outputs: dict[str, torch.Tensor]) -> bool:
+        """Write a batch's outputs (atomically); False when the cache is full or cannot be written."""
+        if self.full:
+            return False
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            if self.used is None:
+                self.used = sum(e.stat().st_size for e in os.scandir(self.folder) if e.is_file())
+            size = sum(t.numel() * t.element_size() for t in outputs.values())
+            free = shutil.disk_usage(self.folder).free
+            if self.used + size > self.max_bytes or free - size < MIN_FREE_BYTES:
+                self._stop(f"it holds {self.used / 1e9:.2f} GB of at most {self.max_bytes / 1e9:.2f} GB "
+                           f"(config key 'teacher.cache_max_gb') with {free / 1e9:.1f} GB free on the disk")
+                return False
+            path = self.path(key)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({name: t.detach().to("cpu") for name, t in outputs.items()}, tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            self._stop(f"writing failed ({err})")
+            return False
+        self.used += path.stat().st_size
+        self.saved += 1
+        return True
+
+    def _stop(self, why: str) -> None:
+        self.full = True
+        warnings.warn(f"teacher output cache {self.folder}: {why}; the teacher runs online for the batches "
+                      "not cached (config key 'teacher.cache')", stacklevel=3)
+
+    def stats(self) -> dict[str, int]:
+        """This process's hits, misses and writes."""
+        return {"hits": self.hits, "misses": self.misses, "saved": self.saved}
+
+
+def cache_wanted(setting: str, random_teacher: bool, device: torch.device) -> bool:
+    """Whether ``teacher.cache`` asks for the cache: ``disk``, ``none``, or ``auto`` (``disk`` for a
+    trained teacher on the CPU, where its forward is as costly as a student step; ``none`` for the
+    untrained control, whose outputs no other run shares, and on a GPU, where the forward is cheap
+    and a real data set's outputs would fill the disk)."""
+    if setting == "auto":
+        return not random_teacher and device.type == "cpu"
+    return setting == "disk"
+
+
+def teacher_cache_for(teacher: nn.Module, setting: str, random_teacher: bool, folder: str | Path,
+                      max_gb: float, channels_last: bool, amp: str, device: torch.device) -> TeacherCache | None:
+    """The cache of ``teacher`` under ``folder`` (in a sub-folder named by its identity), or None
+    when ``setting`` (:func:`cache_wanted`) does not ask for one."""
+    if not cache_wanted(setting, random_teacher, device):
+        return None
+    identity = teacher_identity(teacher, channels_last, amp, device)
+    return TeacherCache(Path(folder) / f"teacher-{identity[:16]}", identity, max_gb * 1e9)

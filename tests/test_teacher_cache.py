@@ -1,0 +1,134 @@
+"""The teacher-output cache (``teacher.cache``, issue 21) gives the students the same bits as the
+online teacher: the same outputs and losses on the same batch of views, the same trained weights
+whether the cache was off, empty or full, and a miss wherever the views or the teacher differ."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from cdkd.checkpoint import load_checkpoint
+from cdkd.config import ConfigError, load_config
+from cdkd.data.topdown import TEACHER_KEY
+from cdkd.engine.run import epoch_seed, seed_everything
+from cdkd.engine.teacher_cache import TeacherCache, cache_wanted
+from cdkd.engine.train import build_training, compute_losses, fit, teacher_forward
+
+
+def student(synth, teacher, cache_dir, *extra):
+    return load_config("tiny_student", [f"data.root={synth}/mpii", f"teacher.checkpoint={teacher}",
+                                        f"teacher.cache_dir={cache_dir}", "train.progress=none", *extra])
+
+
+def first_batches(t, n=2, epoch=0):
+    seed_everything(epoch_seed(t.cfg.train.seed, epoch))
+    batches = []
+    for batch in t.loader(epoch):
+        batches.append(batch)
+        if len(batches) == n:
+            return batches
+    return batches
+
+
+def test_cached_outputs_and_losses_equal_the_online_teachers(synth, teacher_ckpt, tmp_path):
+    t = build_training(student(synth, teacher_ckpt, tmp_path / "cache", "teacher.cache=disk"), tmp_path / "run")
+    assert t.teacher_cache is not None
+    cold = first_batches(t)
+    assert all(TEACHER_KEY in b and "teacher_image" in b and "teacher_x" not in b for b in cold)
+    online = [teacher_forward(t.teacher, b["teacher_image"], t.cfg, t.device) for b in cold]
+    state = {k: v.clone() for k, v in t.bare_model.state_dict().items()}
+    losses_cold = [t.losses(b) for b in cold]  # runs the teacher and writes its outputs
+    assert t.teacher_cache.stats()["saved"] == len(cold)
+    assert len(list((tmp_path / "cache").glob("teacher-*/*.pt"))) == len(cold)
+
+    warm = first_batches(t)  # the same views again: read from the cache, no teacher crop cut
+    assert all("teacher_x" in b and "teacher_image" not in b for b in warm)
+    for a, b in zip(cold, warm):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["index"], b["index"])
+    for out, b in zip(online, warm):
+        for name in ("x", "y", "feature"):
+            assert torch.equal(getattr(out, name), b[f"teacher_{name}"]), name
+    t.bare_model.load_state_dict(state)
+    losses_warm = [t.losses(b) for b in warm]
+    for (total_a, terms_a, _), (total_b, terms_b, _) in zip(losses_cold, losses_warm):
+        assert torch.equal(total_a, total_b)
+        assert terms_a.keys() == terms_b.keys()
+        for key in terms_a:
+            assert torch.equal(terms_a[key], terms_b[key]), key
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_runs_without_with_empty_and_with_full_cache_are_bit_identical(synth, teacher_ckpt, tmp_path, workers):
+    runs = {}
+    for name, setting in (("none", "none"), ("cold", "disk"), ("warm", "disk")):
+        cfg = student(synth, teacher_ckpt, tmp_path / "cache", f"teacher.cache={setting}", "train.epochs=2",
+                      "train.lr_steps=[1]", f"data.workers={workers}")
+        runs[name] = fit(cfg, run_dir=tmp_path / name)
+    cached = {name: [json.loads(line)["train"]["teacher_cached"]
+                     for line in (run / "epochs.jsonl").read_text().splitlines()] for name, run in runs.items()}
+    assert cached == {"none": [0.0, 0.0], "cold": [0.0, 0.0], "warm": [1.0, 1.0]}
+    reference = load_checkpoint(runs["none"] / "last.pth")
+    for name in ("cold", "warm"):
+        state = load_checkpoint(runs[name] / "last.pth")
+        for part in ("state_dict", "distiller"):
+            assert state[part].keys() == reference[part].keys()
+            for key in reference[part]:
+                assert torch.equal(state[part][key], reference[part][key]), (name, part, key)
+        metrics = json.loads((runs[name] / "metrics.json").read_text())["metrics"]
+        expected = json.loads((runs["none"] / "metrics.json").read_text())["metrics"]
+        assert {k: v for k, v in metrics.items() if k != "eval_seconds"} == \
+            {k: v for k, v in expected.items() if k != "eval_seconds"}
+
+
+def test_other_views_or_another_teacher_miss(synth, teacher_ckpt, tmp_path):
+    cfg = student(synth, teacher_ckpt, tmp_path / "cache", "teacher.cache=disk")
+    t = build_training(cfg, tmp_path / "a")
+    for b in first_batches(t, 1):
+        t.losses(b)
+    assert "teacher_x" in first_batches(t, 1)[0]  # epoch 0 again: a hit
+    assert TEACHER_KEY in first_batches(t, 1, epoch=1)[0]  # other epoch, other augmentations: a miss
+    flipless = build_training(student(synth, teacher_ckpt, tmp_path / "cache", "teacher.cache=disk",
+                                      "data.flip=false"), tmp_path / "b")
+    assert TEACHER_KEY in first_batches(flipless, 1)[0]  # other augmentation settings: other views
+    other = build_training(student(synth, teacher_ckpt, tmp_path / "cache", "teacher.cache=disk",
+                                   "teacher.random=true"), tmp_path / "c")
+    assert other.teacher_cache.folder != t.teacher_cache.folder  # other weights: another identity
+    assert TEACHER_KEY in first_batches(other, 1)[0]
+
+
+def test_unreadable_file_is_a_miss_and_a_full_cache_stops_writing(synth, teacher_ckpt, tmp_path):
+    t = build_training(student(synth, teacher_ckpt, tmp_path / "cache", "teacher.cache=disk"), tmp_path / "a")
+    (batch,) = first_batches(t, 1)
+    t.losses(batch)
+    path = t.teacher_cache.path(batch[TEACHER_KEY][0])
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="unreadable"):
+        (again,) = first_batches(t, 1)
+    assert TEACHER_KEY in again and "teacher_image" in again
+    t.losses(again)  # written again, whole
+    assert "teacher_x" in first_batches(t, 1)[0]
+
+    small = build_training(student(synth, teacher_ckpt, tmp_path / "small", "teacher.cache=disk",
+                                   "teacher.cache_max_gb=0.000001"), tmp_path / "b")
+    (batch,) = first_batches(small, 1)
+    with pytest.warns(UserWarning, match="teacher.cache_max_gb"):
+        small.losses(batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only; training goes on with the online teacher
+        total, _, _ = small.losses(batch)
+    assert torch.isfinite(total) and not list((tmp_path / "small").glob("teacher-*/*.pt"))
+
+
+def test_cache_setting(tmp_path):
+    assert cache_wanted("auto", False, torch.device("cpu"))
+    assert not cache_wanted("auto", True, torch.device("cpu"))  # the untrained control: nobody shares it
+    assert not cache_wanted("auto", False, torch.device("cuda"))
+    assert cache_wanted("disk", True, torch.device("cuda")) and not cache_wanted("none", False, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="teacher.cache"):
+        load_config("tiny_student", ["teacher.cache=ram"])
+    with pytest.raises(ConfigError, match="teacher.cache_max_gb"):
+        load_config("tiny_student", ["teacher.cache_max_gb=-1"])
+    cache = TeacherCache(tmp_path, "identity", 1e9)
+    assert cache.key(b"a") != cache.key(b"b") and cache.key(b"a") == TeacherCache(tmp_path, "identity", 1).key(b"a")
+    assert cache.key(b"a") != TeacherCache(tmp_path, "other", 1e9).key(b"a")
