@@ -8,13 +8,15 @@ distill run at 32x32 and 64x64, each with
 
 * the ``old`` pipeline: every sample decodes its JPEG (``data.cache=none``), torch keeps its
   default intra-op threads next to the loader workers (``train.threads`` = that number) and the
-  teacher runs on every batch (``teacher.cache=none``);
+  teacher runs in the trainer on every batch (``teacher.cache=none``, ``teacher.forward_in=trainer``);
 * the ``new`` pipeline: images decoded once into a memory-mapped file under the data root
-  (``data.cache=decoded``, the same crops bit for bit), ``train.threads=auto``, and the teacher's
-  outputs read from the teacher-output cache (``teacher.cache=disk``, the same bits), filled by an
-  earlier pass over the same epochs: what a study's students after the first one of a seed run;
+  (``data.cache=decoded``, the same crops bit for bit), ``train.threads=auto`` (one loader process
+  beside a one-thread trainer on 2 cores), and the teacher's outputs read from the teacher-output
+  cache (``teacher.cache=disk``, the same bits), filled by an earlier pass over the same epochs:
+  what a study's students after the first one of a seed run;
 * ``cold`` (distill only): the new pipeline with an empty teacher cache before every slice, the
-  first student of a seed (the teacher runs and its outputs are written).
+  first student of a seed: the teacher runs in the loader worker (``teacher.forward_in=auto``),
+  beside the student's step, and its outputs are written.
 
 All run the same code otherwise (the teacher forward under ``inference_mode``, the look-up
 normalisation). Epoch slices of every case alternate in rounds, so a busy phase of the shared
@@ -234,7 +236,8 @@ def pipelines(default_threads: int, work: Path) -> dict[str, list[str]]:
     empty cache before every slice (the first student: the teacher runs and its outputs are written).
     Baselines have no teacher, so their ``cold`` case is not run."""
     new = ["data.cache=decoded", "train.threads=auto"]
-    return {"old": ["data.cache=none", f"train.threads={default_threads}", "teacher.cache=none"],
+    return {"old": ["data.cache=none", f"train.threads={default_threads}", "teacher.cache=none",
+                    "teacher.forward_in=trainer"],
             "new": [*new, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-warm'}"],
             "cold": [*new, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-cold'}"]}
 

@@ -45,6 +45,9 @@ class TeacherConfig:
     cache: str = "auto"
     cache_dir: str = ""  # "" = DATA_ROOT/.cache (one sub-folder per teacher)
     cache_max_gb: float = 32.0  # no more batches are written above this (a warning says so)
+    # where a CPU teacher runs: auto = in the loader workers (beside the student's step, same bits)
+    # when the device is the CPU and the loader has worker processes | trainer | loader
+    forward_in: str = "auto"
 
 
 @dataclass
@@ -321,6 +324,7 @@ _CHOICES = {
     "data.on_bad": ("error", "skip"),
     "data.cache": ("none", "decoded"),
     "teacher.cache": ("auto", "disk", "none"),
+    "teacher.forward_in": ("auto", "trainer", "loader"),
     "loss.kind": ("mean", "sum"),
     "distill.fidelity": ("paper", "official"),
     "distill.feature": ("sape", "conv", "fc", "none"),

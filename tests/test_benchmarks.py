@@ -39,6 +39,7 @@ def test_train_step_tiny_compares_the_pipelines(tmp_path):
     assert whole["pipelines"]["new"][:3] == ["data.cache=decoded", "train.threads=auto", "teacher.cache=disk"]
     assert whole["pipelines"]["cold"][:3] == whole["pipelines"]["new"][:3]
     assert whole["pipelines"]["old"][0] == "data.cache=none" and "teacher.cache=none" in whole["pipelines"]["old"]
+    assert "teacher.forward_in=trainer" in whole["pipelines"]["old"]
     assert whole["thread_policy"]["new"]["setting"] == "auto" and whole["thread_policy"]["new"]["fits"]
     assert set(whole["cache_fill_seconds"]) == {"distill 32 new"}
     assert set(result["summary"]["targets_met"]) == {f"{k} at 32" for k in

@@ -60,23 +60,33 @@ def test_cached_outputs_and_losses_equal_the_online_teachers(synth, teacher_ckpt
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_runs_without_with_empty_and_with_full_cache_are_bit_identical(synth, teacher_ckpt, tmp_path, workers):
+    """The reference runs the teacher in the trainer without a cache (the code before issue 21); the
+    others run it where ``auto`` puts it (the loader workers when there are any) with the cache off,
+    empty and full. Same weights, distiller state and metrics."""
+    from cdkd.engine.run import thread_policy
+
+    settings = {"reference": ("none", "trainer"), "none": ("none", "auto"), "cold": ("disk", "auto"),
+                "warm": ("disk", "auto")}
     runs = {}
-    for name, setting in (("none", "none"), ("cold", "disk"), ("warm", "disk")):
-        cfg = student(synth, teacher_ckpt, tmp_path / "cache", f"teacher.cache={setting}", "train.epochs=2",
-                      "train.lr_steps=[1]", f"data.workers={workers}")
+    for name, (cache, where) in settings.items():
+        cfg = student(synth, teacher_ckpt, tmp_path / "cache", f"teacher.cache={cache}", f"teacher.forward_in={where}",
+                      "train.epochs=2", "train.lr_steps=[1]", f"data.workers={workers}")
         runs[name] = fit(cfg, run_dir=tmp_path / name)
-    cached = {name: [json.loads(line)["train"]["teacher_cached"]
-                     for line in (run / "epochs.jsonl").read_text().splitlines()] for name, run in runs.items()}
-    assert cached == {"none": [0.0, 0.0], "cold": [0.0, 0.0], "warm": [1.0, 1.0]}
-    reference = load_checkpoint(runs["none"] / "last.pth")
-    for name in ("cold", "warm"):
+    in_loader = float(thread_policy(cfg)["loader_workers"] > 0)
+    shares = {name: [(row["train"]["teacher_cached"], row["train"]["teacher_in_loader"])
+                     for row in map(json.loads, (run / "epochs.jsonl").read_text().splitlines())]
+              for name, run in runs.items()}
+    assert shares == {"reference": [(0.0, 0.0)] * 2, "none": [(0.0, in_loader)] * 2,
+                      "cold": [(0.0, in_loader)] * 2, "warm": [(1.0, 0.0)] * 2}
+    reference = load_checkpoint(runs["reference"] / "last.pth")
+    expected = json.loads((runs["reference"] / "metrics.json").read_text())["metrics"]
+    for name in ("none", "cold", "warm"):
         state = load_checkpoint(runs[name] / "last.pth")
         for part in ("state_dict", "distiller"):
             assert state[part].keys() == reference[part].keys()
             for key in reference[part]:
                 assert torch.equal(state[part][key], reference[part][key]), (name, part, key)
         metrics = json.loads((runs[name] / "metrics.json").read_text())["metrics"]
-        expected = json.loads((runs["none"] / "metrics.json").read_text())["metrics"]
         assert {k: v for k, v in metrics.items() if k != "eval_seconds"} == \
             {k: v for k, v in expected.items() if k != "eval_seconds"}
 
@@ -120,7 +130,7 @@ def test_unreadable_file_is_a_miss_and_a_full_cache_stops_writing(synth, teacher
     assert torch.isfinite(total) and not list((tmp_path / "small").glob("teacher-*/*.pt"))
 
 
-def test_cache_setting(tmp_path):
+def test_cache_and_forward_settings(tmp_path):
     assert cache_wanted("auto", False, torch.device("cpu"))
     assert not cache_wanted("auto", True, torch.device("cpu"))  # the untrained control: nobody shares it
     assert not cache_wanted("auto", False, torch.device("cuda"))
@@ -129,6 +139,15 @@ def test_cache_setting(tmp_path):
         load_config("tiny_student", ["teacher.cache=ram"])
     with pytest.raises(ConfigError, match="teacher.cache_max_gb"):
         load_config("tiny_student", ["teacher.cache_max_gb=-1"])
+    with pytest.raises(ConfigError, match="teacher.forward_in"):
+        load_config("tiny_student", ["teacher.forward_in=gpu"])
+    from cdkd.engine.train import teacher_in_loader
+
+    cpu = torch.device("cpu")
+    assert teacher_in_loader(load_config("tiny_student", ["data.workers=2"]), cpu)
+    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=0"]), cpu)  # no loader process
+    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=2", "teacher.forward_in=trainer"]), cpu)
+    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=2"]), torch.device("cuda"))
     cache = TeacherCache(tmp_path, "identity", 1e9)
     assert cache.key(b"a") != cache.key(b"b") and cache.key(b"a") == TeacherCache(tmp_path, "identity", 1).key(b"a")
     assert cache.key(b"a") != TeacherCache(tmp_path, "other", 1e9).key(b"a")

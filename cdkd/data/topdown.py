@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from cdkd.codec import encode
 from cdkd.data import DataError, PersonRecord, ProblemLog
@@ -275,6 +275,7 @@ class TopDownDataset(Dataset):
         self.filtered = dict(filtered or {})
         self.records = self._check_images(records) if on_bad == "skip" else list(records)
         self.teacher_cache = None  # see use_teacher_cache
+        self.teacher_forward = None  # see use_teacher_forward
         self.images_key: str | None = None
 
     # -- attributes used by training and evaluation -------------------------------------------
@@ -413,34 +414,50 @@ class TopDownDataset(Dataset):
         """A loader batch (torch's ``DataLoader`` calls this with the batch's indices, or with
         ``(index, seed)`` pairs from :class:`AugmentationStreams`).
 
-        Without a teacher cache: the samples of :meth:`__getitem__`. With one: the batch's views
-        (images, record indices, augmentations, teacher size) name a cache file; when it exists
-        each sample carries its teacher outputs as ``teacher_x``, ``teacher_y`` and
-        ``teacher_feature`` (no teacher crop is cut), otherwise each sample gets its teacher crop and
-        the file's key as ``teacher_key`` (the trainer writes the teacher's outputs there). Either
-        way the samples collate with torch's default. A batch with a blank sample is not cached.
-        The random draws are those of ``__getitem__``.
+        Without a teacher cache or teacher forward: the samples of :meth:`__getitem__`. With a cache
+        (:meth:`use_teacher_cache`), the batch's views (images, record indices, augmentations,
+        teacher size) name a cache file; when it exists each sample carries its teacher outputs as
+        ``teacher_x``, ``teacher_y`` and ``teacher_feature`` and no teacher crop is cut. Otherwise,
+        in a loader worker with a teacher forward (:meth:`use_teacher_forward`), the worker runs the
+        teacher on the batch's crops, gives the same three fields and writes them to the cache;
+        else each sample gets its teacher crop and, with a cache, the file's key as ``teacher_key``
+        (the trainer runs the teacher and writes there). The samples collate with torch's default.
+        A batch with a blank sample is neither cached nor run here. The random draws are those of
+        ``__getitem__``.
         """
         pairs = [(i, None) if isinstance(i, (int, np.integer)) else (int(i[0]), int(i[1])) for i in indices]
         items = [self._item(i, seed) for i, seed in pairs]
-        cache = getattr(self, "teacher_cache", None)
-        if cache is None or self.teacher_size is None:
-            return [sample if image is None or self.teacher_size is None
-                    else {**sample, "teacher_image": self._teacher_crop(image, aug)} for sample, image, aug in items]
-        if any(image is None for _, image, _ in items):
-            return [sample if image is None else {**sample, "teacher_image": self._teacher_crop(image, aug)}
-                    for sample, image, aug in items]
-        key = cache.key(self._views(items))
-        outputs = cache.load(key)
         samples = [sample for sample, _, _ in items]
-        if outputs is not None and all(len(outputs[f]) == len(samples) for f in TEACHER_FIELDS):
-            for i, sample in enumerate(samples):
-                sample.update({f"teacher_{f}": outputs[f][i] for f in TEACHER_FIELDS})
+        if self.teacher_size is None:
             return samples
+        whole = all(image is not None for _, image, _ in items)
+        cache = getattr(self, "teacher_cache", None)
+        key = cache.key(self._views(items)) if cache is not None and whole else None
+        if key is not None:
+            outputs = cache.load(key)
+            if outputs is not None and all(len(outputs[f]) == len(samples) for f in TEACHER_FIELDS):
+                return _with_teacher_outputs(samples, outputs, TEACHER_FROM_CACHE)
         for sample, image, aug in items:
-            sample["teacher_image"] = self._teacher_crop(image, aug)
-            sample[TEACHER_KEY] = key
+            if image is not None:
+                sample["teacher_image"] = self._teacher_crop(image, aug)
+        forward = getattr(self, "teacher_forward", None)
+        if forward is not None and whole and get_worker_info() is not None:
+            out = forward(torch.stack([sample.pop("teacher_image") for sample in samples]))
+            outputs = {f: getattr(out, f).contiguous() for f in TEACHER_FIELDS}
+            if key is not None:
+                cache.save(key, outputs)
+            return _with_teacher_outputs(samples, outputs, TEACHER_FROM_LOADER)
+        if key is not None:
+            for sample in samples:
+                sample[TEACHER_KEY] = key
         return samples
+
+    def use_teacher_forward(self, forward) -> None:
+        """Run ``forward`` (teacher crops [B, 3, H, W] -> the teacher's outputs, e.g.
+        :func:`cdkd.engine.train.teacher_forward` bound to a frozen CPU teacher; None to stop) in the
+        loader workers on each batch's teacher crops (:meth:`__getitems__`): on a CPU the teacher then
+        runs beside the student's step, on a core of its own."""
+        self.teacher_forward = forward
 
     def _views(self, items) -> bytes:
         """What the batch's teacher crops are cut from, as bytes (part of the cache key)."""
@@ -478,6 +495,18 @@ class TopDownDataset(Dataset):
 
 TEACHER_FIELDS = ("x", "y", "feature")  # a sample's cached teacher outputs are "teacher_x", ...
 TEACHER_KEY = "teacher_key"  # the cache file a batch's teacher outputs go to (on each of its samples)
+
+
+TEACHER_FROM_CACHE, TEACHER_FROM_LOADER = 1, 2  # a sample's "teacher_source"
+
+
+def _with_teacher_outputs(samples: list[dict], outputs: dict[str, torch.Tensor], source: int) -> list[dict]:
+    """Each sample gets its row of the batch's teacher outputs as ``teacher_x`` etc., and where they
+    came from as ``teacher_source`` (:data:`TEACHER_FROM_CACHE` or :data:`TEACHER_FROM_LOADER`)."""
+    for i, sample in enumerate(samples):
+        sample.update({f"teacher_{f}": outputs[f][i] for f in TEACHER_FIELDS})
+        sample["teacher_source"] = source
+    return samples
 
 
 class AugmentationStreams:

@@ -31,11 +31,11 @@ RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
 # resumed or reused): the device, loader workers, torch threads, the decoded-image cache (same
-# crops), the teacher-output cache (same bits), progress display, logging interval and folder names.
+# crops), the teacher-output cache and where the teacher runs (same bits), progress display, logging interval and folder names.
 NON_RESULT_KEYS = frozenset({"name", "train.device", "data.workers", "train.log_every", "train.out_dir",
                              "train.run_name", "train.threads", "data.cache", "data.cache_dir",
                              "data.cache_max_gb", "train.progress",
-                             "teacher.cache", "teacher.cache_dir", "teacher.cache_max_gb"})
+                             "teacher.cache", "teacher.cache_dir", "teacher.cache_max_gb", "teacher.forward_in"})
 
 PACKAGES = ("torch", "torchvision", "numpy", "opencv-python-headless", "pycocotools", "scipy", "cdkd")
 

@@ -10,9 +10,9 @@ either. On the demo's 2-core CPU the teacher's forward is as costly as the stude
 A batch's file is named by a hash of everything its outputs depend on:
 
 * the teacher (:func:`teacher_identity`): its weights, architecture, input size, ``k``, memory
-  format and autocast setting, the torch version, the device type and the torch thread count
-  (float rounding may differ with any of these, and a cache must give what the online teacher
-  would give in the run that filled it);
+  format and autocast setting, the torch version, the device type and the torch thread count of
+  the process that runs it (float rounding may differ with any of these, and a cache must give
+  what the online teacher would give in the run that filled it);
 * the views (``TopDownDataset.__getitems__``): the split's images (paths, sizes, modification
   times, in record order), and per sample its record index, the augmentation's center, scale,
   rotation and flip, and the teacher crop size.
@@ -39,13 +39,16 @@ CACHE_VERSION = 1  # bump when the file layout or what a key covers changes
 MIN_FREE_BYTES = 1e9  # never fill the disk beyond this
 
 
-def teacher_identity(teacher: nn.Module, channels_last: bool, amp: str, device: torch.device) -> str:
-    """A hash of what the teacher's outputs depend on besides its inputs (see the module docstring)."""
+def teacher_identity(teacher: nn.Module, channels_last: bool, amp: str, device: torch.device,
+                     threads: int | None = None) -> str:
+    """A hash of what the teacher's outputs depend on besides its inputs (see the module docstring);
+    ``threads``: the torch threads of the process that runs the teacher (default: this one's)."""
     h = hashlib.sha256(f"cdkd teacher outputs v{CACHE_VERSION}".encode())
     for name in ("arch", "input_size", "split_ratio", "num_joints"):
         h.update(f"|{name}={getattr(teacher, name, None)}".encode())
     h.update(f"|{type(teacher).__name__}|channels_last={channels_last}|amp={amp}|{device.type}".encode())
-    h.update(f"|torch {torch.__version__}|threads {torch.get_num_threads()}".encode())
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    h.update(f"|torch {torch.__version__}|threads {threads}".encode())
     for name, value in sorted(teacher.state_dict().items()):
         value = value.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"|{name}:{value.dtype}:{value.numel()}".encode())
@@ -145,10 +148,12 @@ def cache_wanted(setting: str, random_teacher: bool, device: torch.device) -> bo
 
 
 def teacher_cache_for(teacher: nn.Module, setting: str, random_teacher: bool, folder: str | Path,
-                      max_gb: float, channels_last: bool, amp: str, device: torch.device) -> TeacherCache | None:
+                      max_gb: float, channels_last: bool, amp: str, device: torch.device,
+                      threads: int | None = None) -> TeacherCache | None:
     """The cache of ``teacher`` under ``folder`` (in a sub-folder named by its identity), or None
-    when ``setting`` (:func:`cache_wanted`) does not ask for one."""
+    when ``setting`` (:func:`cache_wanted`) does not ask for one; ``threads``: as in
+    :func:`teacher_identity`."""
     if not cache_wanted(setting, random_teacher, device):
         return None
-    identity = teacher_identity(teacher, channels_last, amp, device)
+    identity = teacher_identity(teacher, channels_last, amp, device, threads)
     return TeacherCache(Path(folder) / f"teacher-{identity[:16]}", identity, max_gb * 1e9)

@@ -15,6 +15,7 @@ mid-epoch restarts that epoch from the previous checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -31,7 +32,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, run_name
-from cdkd.data.topdown import TEACHER_FIELDS, TEACHER_KEY, AugmentationStreams, build_dataset
+from cdkd.data.topdown import (TEACHER_FIELDS, TEACHER_FROM_CACHE, TEACHER_FROM_LOADER, TEACHER_KEY,
+                               AugmentationStreams, build_dataset)
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
@@ -125,13 +127,26 @@ def load_teacher(cfg: Config, num_joints: int, device: torch.device, random: boo
     return teacher
 
 
-def make_teacher_cache(cfg: Config, teacher: nn.Module, device: torch.device) -> TeacherCache | None:
+def make_teacher_cache(cfg: Config, teacher: nn.Module, device: torch.device,
+                       threads: int | None = None) -> TeacherCache | None:
     """The cache of the teacher's outputs that ``teacher.cache`` asks for (:mod:`cdkd.engine.teacher_cache`),
-    under ``teacher.cache_dir`` or ``DATA_ROOT/.cache``; None when it is off."""
+    under ``teacher.cache_dir`` or ``DATA_ROOT/.cache``; None when it is off. ``threads``: those of
+    the process that runs the teacher (a loader worker has one)."""
     t = cfg.teacher
     folder = Path(t.cache_dir) if t.cache_dir else Path(cfg.data.root) / ".cache"
     return teacher_cache_for(teacher, t.cache, t.random, folder, t.cache_max_gb, cfg.train.channels_last,
-                             cfg.train.amp, device)
+                             cfg.train.amp, device, threads)
+
+
+def teacher_in_loader(cfg: Config, device: torch.device) -> bool:
+    """Whether the frozen teacher runs in the loader workers (``teacher.forward_in``; ``auto``: on
+    the CPU whenever the loader has worker processes). There its forward (as costly as the
+    student's step on the demo) overlaps the student's step on another core, with the same bits as
+    in the trainer when both run one thread (tests/test_teacher_cache.py)."""
+    setting = cfg.teacher.forward_in
+    if setting == "trainer" or device.type != "cpu":
+        return False
+    return setting == "loader" or thread_policy(cfg)["loader_workers"] > 0
 
 
 def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.optim.Optimizer:
@@ -173,8 +188,11 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     etht_params: list = []
     if cfg.train.mode == "distill":
         teacher = load_teacher(cfg, train_set.num_joints, device, random=cfg.teacher.random)
-        cache = make_teacher_cache(cfg, teacher, device)
+        in_loader = teacher_in_loader(cfg, device)
+        cache = make_teacher_cache(cfg, teacher, device, threads=1 if in_loader else None)
         train_set.use_teacher_cache(cache)
+        if in_loader:
+            train_set.use_teacher_forward(functools.partial(teacher_forward, teacher, cfg=cfg, device=device))
         distiller = make_distiller(cfg, model, teacher).to(device)
         etht_params = distiller.etht_parameters()
         params += [p for p in distiller.trainable_parameters() if all(p is not q for q in etht_params)]
@@ -352,7 +370,8 @@ def train_one_epoch(
     """One pass over ``loader`` (at most ``train.max_steps_per_epoch`` steps); returns the mean of
     every logged term. ``model`` is the student (or the teacher being trained), maybe DDP-wrapped;
     ``teacher``, ``distiller`` and ``teacher_cache`` are given in distill mode; there the result
-    also has ``teacher_cached``, the share of steps whose teacher outputs were read from the cache."""
+    also has ``teacher_cached`` and ``teacher_in_loader``, the shares of steps whose teacher outputs
+    were read from the cache or computed by the loader workers (:func:`teacher_in_loader`)."""
     model.train()
     if distiller is not None:
         distiller.train()
@@ -361,13 +380,15 @@ def train_one_epoch(
     steps = len(loader) if cfg.train.max_steps_per_epoch <= 0 else min(len(loader), cfg.train.max_steps_per_epoch)
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}  # the shares are measured on logged steps only
-    done = cached = samples = 0
+    done = cached = in_loader = samples = 0
     start = time.perf_counter()
     with progress_bar(cfg.train.progress, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not dist.is_main) as bar, \
             loader_batches(loader, steps) as batches:  # its workers are shut down however the loop ends
         for i, batch in enumerate(batches):
             loss, terms, parts = compute_losses(model, batch, cfg, device, teacher, distiller, teacher_cache)
-            cached += "teacher_x" in batch
+            source = int(batch["teacher_source"][0]) if "teacher_source" in batch else 0
+            cached += source == TEACHER_FROM_CACHE
+            in_loader += source == TEACHER_FROM_LOADER
             samples += len(batch["image"])
             log_now = i % max(1, cfg.train.log_every) == 0 or i == steps - 1
             shares = measure_shares(model, distiller, dist, parts) if log_now and cfg.train.log_shares else None
@@ -397,6 +418,7 @@ def train_one_epoch(
     means["samples_per_s"] = samples * dist.world_size / max(time.perf_counter() - start, 1e-9)
     if distiller is not None:
         means["teacher_cached"] = cached / n
+        means["teacher_in_loader"] = in_loader / n
     return all_reduce_mean(means, dist)
 
 
