@@ -45,8 +45,8 @@ class TeacherConfig:
     cache: str = "auto"
     cache_dir: str = ""  # "" = DATA_ROOT/.cache (one sub-folder per teacher)
     cache_max_gb: float = 32.0  # no more batches are written above this (a warning says so)
-    # where a CPU teacher runs: auto = in the loader workers (beside the student's step, same bits)
-    # when the device is the CPU and the loader has worker processes | trainer | loader
+    # where the teacher runs: auto = in the loader workers (beside the student's step, same bits) on
+    # a CPU whose trainer runs one thread next to loader processes, else in the trainer | trainer
     forward_in: str = "auto"
 
 
@@ -324,7 +324,7 @@ _CHOICES = {
     "data.on_bad": ("error", "skip"),
     "data.cache": ("none", "decoded"),
     "teacher.cache": ("auto", "disk", "none"),
-    "teacher.forward_in": ("auto", "trainer", "loader"),
+    "teacher.forward_in": ("auto", "trainer"),
     "loss.kind": ("mean", "sum"),
     "distill.fidelity": ("paper", "official"),
     "distill.feature": ("sape", "conv", "fc", "none"),

@@ -106,7 +106,7 @@ def finished_config(run_dir: str | Path) -> dict | None:
 
 def reuse_or_train(cfg: Config, run_dir: Path, force: bool, unrequested: tuple[str, ...] = ()) -> Path:
     """Reuse a finished run whose recorded config equals ``cfg`` (keys in
-    :data:`cdkd.engine.run.NON_RESULT_KEYS`, such as the device and loader workers, aside, and the
+    :data:`cdkd.engine.run.NON_RESULT_KEYS`, such as the device and torch threads, aside, and the
     ``unrequested`` keys the caller left to the finished run, e.g. ``train.epochs`` when a notebook
     asks for "the teacher" without giving epochs); train it otherwise (continuing its
     ``last.pth`` when the config matches).

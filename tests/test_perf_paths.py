@@ -169,7 +169,7 @@ def test_teacher_forward_equals_no_grad_and_enters_the_loss_graph():
 
 
 @pytest.mark.parametrize("cores, workers, loader, threads", [
-    (2, 2, 1, 1), (2, 1, 1, 1), (2, 0, 0, 2), (8, 3, 3, 5), (16, 0, 0, 16), (1, 0, 0, 1), (1, 2, 0, 1),
+    (2, 2, 1, 1), (2, 1, 1, 1), (2, 0, 0, 2), (8, 3, 3, 2), (16, 0, 0, 16), (1, 0, 0, 1), (1, 2, 0, 1),
 ])
 def test_auto_threads_fit_the_cores(cores, workers, loader, threads):
     cfg = load_config("tiny_student", [f"data.workers={workers}"])
@@ -177,6 +177,29 @@ def test_auto_threads_fit_the_cores(cores, workers, loader, threads):
     assert (policy["loader_workers"], policy["threads"]) == (loader, threads)
     assert policy["processes"] == 1 + loader and policy["workers"] == workers and policy["setting"] == "auto"
     assert policy["fits"] and policy["threads"] + policy["loader_workers"] <= cores
+
+
+@pytest.mark.parametrize("processes", [0, 1, 2])
+def test_augmentation_streams_equal_a_loader_with_that_many_workers(synth, processes):
+    """Three streams, an uneven last batch kept (drop_last False): the same batches and global RNG as
+    torch's loader with three workers."""
+    from torch.utils.data import DataLoader
+
+    from cdkd.data.topdown import AugmentationStreams
+
+    ds = build_dataset(tiny(synth, "data.workers=3"), "train", teacher_size=(64, 64))
+    assert len(ds) % 5 != 0
+    torch.manual_seed(5)
+    reference = list(DataLoader(ds, batch_size=5, shuffle=True, num_workers=3, drop_last=False))
+    after = torch.get_rng_state()
+    torch.manual_seed(5)
+    streams = AugmentationStreams(len(ds), 5, False, 3)
+    got = list(DataLoader(ds, batch_sampler=streams, num_workers=processes, generator=torch.Generator()))
+    assert torch.equal(torch.get_rng_state(), after)
+    assert len(streams) == len(got) == len(reference) and len(got[-1]["image"]) == len(ds) % 5
+    for a, b in zip(reference, got):
+        for key in a:
+            assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
 
 
 def test_explicit_threads_keep_the_workers_and_may_oversubscribe():

@@ -93,7 +93,9 @@ def test_resume_with_another_optimizer_or_from_best_pth(synth, tmp_path):
 
 def test_pipeline_reuses_only_an_equal_config_and_a_whole_metrics_file(synth, finished, tmp_path):
     run = copy_run(finished, tmp_path)
-    assert reuse_or_train(teacher_cfg(synth, "train.device=cpu", "data.workers=1"), run, force=False) == run
+    assert reuse_or_train(teacher_cfg(synth, "train.device=cpu", "train.threads=1"), run, force=False) == run
+    with pytest.raises(ConfigError, match="data.workers"):  # the augmentation streams: another run
+        reuse_or_train(teacher_cfg(synth, "data.workers=1"), run, force=False)
     with pytest.raises(ConfigError, match="train.seed"):
         reuse_or_train(teacher_cfg(synth, "train.seed=4"), run, force=False)
     (run / "metrics.json").write_text("")  # a kill while it was written

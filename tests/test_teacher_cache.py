@@ -63,7 +63,7 @@ def test_runs_without_with_empty_and_with_full_cache_are_bit_identical(synth, te
     """The reference runs the teacher in the trainer without a cache (the code before issue 21); the
     others run it where ``auto`` puts it (the loader workers when there are any) with the cache off,
     empty and full. Same weights, distiller state and metrics."""
-    from cdkd.engine.run import thread_policy
+    from cdkd.engine.train import teacher_in_loader
 
     settings = {"reference": ("none", "trainer"), "none": ("none", "auto"), "cold": ("disk", "auto"),
                 "warm": ("disk", "auto")}
@@ -72,7 +72,7 @@ def test_runs_without_with_empty_and_with_full_cache_are_bit_identical(synth, te
         cfg = student(synth, teacher_ckpt, tmp_path / "cache", f"teacher.cache={cache}", f"teacher.forward_in={where}",
                       "train.epochs=2", "train.lr_steps=[1]", f"data.workers={workers}")
         runs[name] = fit(cfg, run_dir=tmp_path / name)
-    in_loader = float(thread_policy(cfg)["loader_workers"] > 0)
+    in_loader = float(teacher_in_loader(cfg, torch.device("cpu")))
     shares = {name: [(row["train"]["teacher_cached"], row["train"]["teacher_in_loader"])
                      for row in map(json.loads, (run / "epochs.jsonl").read_text().splitlines())]
               for name, run in runs.items()}
@@ -118,6 +118,27 @@ def test_unreadable_file_is_a_miss_and_a_full_cache_stops_writing(synth, teacher
     assert TEACHER_KEY in again and "teacher_image" in again
     t.losses(again)  # written again, whole
     assert "teacher_x" in first_batches(t, 1)[0]
+    torch.save({"x": torch.zeros(1)}, path)  # readable but not a batch's outputs: a miss too
+    assert TEACHER_KEY in first_batches(t, 1)[0]
+
+    failing = build_training(student(synth, teacher_ckpt, tmp_path / "failing", "teacher.cache=disk"),
+                             tmp_path / "f")
+    (batch,) = first_batches(failing, 1)
+
+    def disk_full(obj, f):
+        open(f, "wb").write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc] . PytorchStreamWriter failed writing file")
+
+    import cdkd.engine.teacher_cache as teacher_cache
+
+    real_save = teacher_cache.torch.save
+    teacher_cache.torch.save = disk_full
+    try:
+        with pytest.warns(UserWarning, match="failed"):
+            total, _, _ = failing.losses(batch)  # training goes on with the online teacher
+    finally:
+        teacher_cache.torch.save = real_save
+    assert torch.isfinite(total) and not list((tmp_path / "failing").glob("teacher-*/.*tmp"))
 
     small = build_training(student(synth, teacher_ckpt, tmp_path / "small", "teacher.cache=disk",
                                    "teacher.cache_max_gb=0.000001"), tmp_path / "b")
@@ -141,13 +162,40 @@ def test_cache_and_forward_settings(tmp_path):
         load_config("tiny_student", ["teacher.cache_max_gb=-1"])
     with pytest.raises(ConfigError, match="teacher.forward_in"):
         load_config("tiny_student", ["teacher.forward_in=gpu"])
-    from cdkd.engine.train import teacher_in_loader
 
+
+@pytest.mark.parametrize("cores, workers, forward_in, expected", [
+    (2, 2, "auto", True), (2, 0, "auto", False), (2, 2, "trainer", False), (8, 2, "auto", False),
+])
+def test_the_teacher_runs_in_the_loader_beside_a_one_thread_trainer(monkeypatch, cores, workers, forward_in, expected):
+    """In the loader only where it has processes and the trainer runs one thread: the teacher's
+    outputs then have the bits they would have in the trainer."""
+    import cdkd.engine.run as run
+    import cdkd.engine.train as train
+
+    monkeypatch.setattr(train, "thread_policy", lambda cfg: run.thread_policy(cfg, cores=cores))
+    cfg = load_config("tiny_student", [f"data.workers={workers}", f"teacher.forward_in={forward_in}"])
+    assert train.teacher_in_loader(cfg, torch.device("cpu")) is expected
+    assert not train.teacher_in_loader(cfg, torch.device("cuda"))
+
+
+def test_the_teacher_identity_covers_the_code_and_the_machine(monkeypatch):
+    import cdkd.engine.teacher_cache as teacher_cache
+    from cdkd.models import build_pose_model
+
+    teacher = build_pose_model("hrnet_w8_tiny", 16, (64, 64), 2.0).eval()
     cpu = torch.device("cpu")
-    assert teacher_in_loader(load_config("tiny_student", ["data.workers=2"]), cpu)
-    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=0"]), cpu)  # no loader process
-    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=2", "teacher.forward_in=trainer"]), cpu)
-    assert not teacher_in_loader(load_config("tiny_student", ["data.workers=2"]), torch.device("cuda"))
+    first = teacher_cache.teacher_identity(teacher, False, "none", cpu, threads=1)
+    assert first == teacher_cache.teacher_identity(teacher, False, "none", cpu, threads=1)
+    assert first != teacher_cache.teacher_identity(teacher, False, "none", cpu, threads=2)
+    monkeypatch.setattr(teacher_cache, "code_digest", lambda: "edited")
+    assert first != teacher_cache.teacher_identity(teacher, False, "none", cpu, threads=1)
+    monkeypatch.undo()
+    monkeypatch.setattr(teacher_cache.torch.backends.cpu, "get_cpu_capability", lambda: "another CPU")
+    assert first != teacher_cache.teacher_identity(teacher, False, "none", cpu, threads=1)
+
+
+def test_cache_keys(tmp_path):
     cache = TeacherCache(tmp_path, "identity", 1e9)
     assert cache.key(b"a") != cache.key(b"b") and cache.key(b"a") == TeacherCache(tmp_path, "identity", 1).key(b"a")
     assert cache.key(b"a") != TeacherCache(tmp_path, "other", 1e9).key(b"a")

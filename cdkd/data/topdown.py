@@ -435,7 +435,7 @@ class TopDownDataset(Dataset):
         key = cache.key(self._views(items)) if cache is not None and whole else None
         if key is not None:
             outputs = cache.load(key)
-            if outputs is not None and all(len(outputs[f]) == len(samples) for f in TEACHER_FIELDS):
+            if _whole_batch(outputs, len(samples)):
                 return _with_teacher_outputs(samples, outputs, TEACHER_FROM_CACHE)
         for sample, image, aug in items:
             if image is not None:
@@ -498,6 +498,12 @@ TEACHER_KEY = "teacher_key"  # the cache file a batch's teacher outputs go to (o
 
 
 TEACHER_FROM_CACHE, TEACHER_FROM_LOADER = 1, 2  # a sample's "teacher_source"
+
+
+def _whole_batch(outputs, size: int) -> bool:
+    """Whether a cache file's content is the teacher outputs of a batch of ``size`` samples."""
+    return isinstance(outputs, dict) and all(
+        isinstance(outputs.get(f), torch.Tensor) and len(outputs[f]) == size for f in TEACHER_FIELDS)
 
 
 def _with_teacher_outputs(samples: list[dict], outputs: dict[str, torch.Tensor], source: int) -> list[dict]:

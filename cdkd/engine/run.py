@@ -30,9 +30,10 @@ from cdkd.config import Config, ConfigError, config_to_dict, load_config, run_na
 RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
-# resumed or reused): the device, loader workers, torch threads, the decoded-image cache (same
-# crops), the teacher-output cache and where the teacher runs (same bits), progress display, logging interval and folder names.
-NON_RESULT_KEYS = frozenset({"name", "train.device", "data.workers", "train.log_every", "train.out_dir",
+# resumed or reused): the device, torch threads, the decoded-image cache (same crops), the
+# teacher-output cache and where the teacher runs (same bits), progress display, logging interval
+# and folder names. Not data.workers: it names the augmentation streams (cdkd.engine.train.make_loader).
+NON_RESULT_KEYS = frozenset({"name", "train.device", "train.log_every", "train.out_dir",
                              "train.run_name", "train.threads", "data.cache", "data.cache_dir",
                              "data.cache_max_gb", "train.progress",
                              "teacher.cache", "teacher.cache_dir", "teacher.cache_max_gb", "teacher.forward_in"})
@@ -67,9 +68,10 @@ def usable_cores() -> int:
 def thread_policy(cfg: Config, cores: int | None = None) -> dict:
     """The loader processes and the torch intra-op threads of the training process (``train.threads``).
 
-    ``auto``: the trainer, its loader workers and their threads never ask for more than the cores.
-    The loader runs ``min(data.workers, cores - 1)`` worker processes, each with one thread, and the
-    trainer gets the other cores (at least one thread). ``data.workers`` keeps naming the
+    ``auto``: the trainer, its loader workers and their threads never ask for more than the cores
+    (of one training process: under DDP every rank applies this on its own). The loader runs
+    ``min(data.workers, cores - 1)`` worker processes, each with one thread, and the trainer
+    ``cores // (1 + loader processes)`` threads (at least one). ``data.workers`` keeps naming the
     augmentation streams: where fewer processes run, :func:`cdkd.engine.train.make_loader` draws
     every batch's augmentations as ``data.workers`` workers would have, so the samples (and the
     run) are the same bits (tests/test_perf_paths.py). More threads than cores is the costly case:
@@ -88,7 +90,7 @@ def thread_policy(cfg: Config, cores: int | None = None) -> dict:
     setting = str(cfg.train.threads)
     if setting == "auto":
         loader = min(workers, max(cores - 1, 0))
-        threads = max(1, cores - loader)
+        threads = max(1, cores // (1 + loader))
     else:
         loader, threads = workers, int(setting)
     return {"setting": setting, "cores": cores, "workers": workers, "loader_workers": loader, "threads": threads,

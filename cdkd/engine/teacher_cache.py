@@ -10,9 +10,10 @@ either. On the demo's 2-core CPU the teacher's forward is as costly as the stude
 A batch's file is named by a hash of everything its outputs depend on:
 
 * the teacher (:func:`teacher_identity`): its weights, architecture, input size, ``k``, memory
-  format and autocast setting, the torch version, the device type and the torch thread count of
-  the process that runs it (float rounding may differ with any of these, and a cache must give
-  what the online teacher would give in the run that filled it);
+  format and autocast setting, the torch, OpenCV and NumPy versions, the device (type, CPU
+  capability, GPU name), the torch thread count of the process that runs it, and the source of
+  the code from a record to the outputs (:data:`CODE_FILES`): float rounding may differ with any
+  of these, and a cache must give what the online teacher would give in the run that filled it;
 * the views (``TopDownDataset.__getitems__``): the split's images (paths, sizes, modification
   times, in record order), and per sample its record index, the augmentation's center, scale,
   rotation and flip, and the teacher crop size.
@@ -20,8 +21,10 @@ A batch's file is named by a hash of everything its outputs depend on:
 So a hit is the same bits the online teacher gave on the same batch of views (tested), whatever
 run, arm or resolution filled it; anything else is a miss, and the teacher runs. The files are
 written atomically; a file that cannot be read is a miss and is written again. Above
-``teacher.cache_max_gb`` (or with less than 1 GB free on the disk) nothing more is written (a
-warning says so) and training goes on with the online teacher for the batches not cached.
+``teacher.cache_max_gb`` (or with less than 1 GB free on the disk, or when a write fails) nothing
+more is written by that process (a warning says so) and training goes on with the online teacher
+for the batches not cached. The cap is soft: each process (trainer, loader workers, other runs)
+counts the folder every :data:`RESCAN_EVERY` writes and its own writes in between.
 """
 
 from __future__ import annotations
@@ -32,11 +35,27 @@ import shutil
 import warnings
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 from torch import nn
 
-CACHE_VERSION = 1  # bump when the file layout or what a key covers changes
+CACHE_VERSION = 2  # bump when the file layout or what a key covers changes
 MIN_FREE_BYTES = 1e9  # never fill the disk beyond this
+RESCAN_EVERY = 50  # writes between two counts of the folder (other processes write there too)
+PACKAGE = Path(__file__).resolve().parents[1]
+# the code between a record and the teacher's outputs: the crops, their augmentation, the models and
+# the engine's teacher forward; any edit of these files starts new cache folders
+CODE_FILES = ("data/topdown.py", "data/transforms.py", "engine/train.py", "models/*.py")
+
+
+def code_digest() -> str:
+    """A hash of :data:`CODE_FILES` (an edit of the cropping, model or forward code is a new teacher)."""
+    h = hashlib.sha256()
+    for pattern in CODE_FILES:
+        for path in sorted(PACKAGE.glob(pattern)):
+            h.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def teacher_identity(teacher: nn.Module, channels_last: bool, amp: str, device: torch.device,
@@ -48,7 +67,10 @@ def teacher_identity(teacher: nn.Module, channels_last: bool, amp: str, device: 
         h.update(f"|{name}={getattr(teacher, name, None)}".encode())
     h.update(f"|{type(teacher).__name__}|channels_last={channels_last}|amp={amp}|{device.type}".encode())
     threads = torch.get_num_threads() if threads is None else int(threads)
-    h.update(f"|torch {torch.__version__}|threads {threads}".encode())
+    cpu = torch.backends.cpu.get_cpu_capability()  # the kernels oneDNN picks (AVX2, AVX-512, ...)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
+    h.update(f"|torch {torch.__version__}|threads {threads}|cpu {cpu}|gpu {gpu}".encode())
+    h.update(f"|opencv {cv2.__version__}|numpy {np.__version__}|code {code_digest()}".encode())
     for name, value in sorted(teacher.state_dict().items()):
         value = value.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"|{name}:{value.dtype}:{value.numel()}".encode())
@@ -106,22 +128,24 @@ class TeacherCache:
         """Write a batch's outputs (atomically); False when the cache is full or cannot be written."""
         if self.full:
             return False
+        path = self.path(key)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            if self.used is None:
-                self.used = sum(e.stat().st_size for e in os.scandir(self.folder) if e.is_file())
+            if self.used is None or self.saved % RESCAN_EVERY == 0:
+                self.used = sum(e.stat().st_size for e in os.scandir(self.folder)
+                                if e.is_file() and not e.name.startswith("."))
             size = sum(t.numel() * t.element_size() for t in outputs.values())
             free = shutil.disk_usage(self.folder).free
             if self.used + size > self.max_bytes or free - size < MIN_FREE_BYTES:
                 self._stop(f"it holds {self.used / 1e9:.2f} GB of at most {self.max_bytes / 1e9:.2f} GB "
                            f"(config key 'teacher.cache_max_gb') with {free / 1e9:.1f} GB free on the disk")
                 return False
-            path = self.path(key)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             torch.save({name: t.detach().to("cpu") for name, t in outputs.items()}, tmp)
             os.replace(tmp, path)
-        except OSError as err:
-            self._stop(f"writing failed ({err})")
+        except Exception as err:  # torch.save reports a full disk or a quota as RuntimeError
+            tmp.unlink(missing_ok=True)
+            self._stop(f"writing {path} failed ({type(err).__name__}: {err})")
             return False
         self.used += path.stat().st_size
         self.saved += 1

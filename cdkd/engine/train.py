@@ -139,14 +139,15 @@ def make_teacher_cache(cfg: Config, teacher: nn.Module, device: torch.device,
 
 
 def teacher_in_loader(cfg: Config, device: torch.device) -> bool:
-    """Whether the frozen teacher runs in the loader workers (``teacher.forward_in``; ``auto``: on
-    the CPU whenever the loader has worker processes). There its forward (as costly as the
-    student's step on the demo) overlaps the student's step on another core, with the same bits as
-    in the trainer when both run one thread (tests/test_teacher_cache.py)."""
-    setting = cfg.teacher.forward_in
-    if setting == "trainer" or device.type != "cpu":
+    """Whether the frozen teacher runs in the loader workers (``teacher.forward_in: auto``): on the
+    CPU, when the loader has worker processes and the trainer runs one thread (a small machine,
+    :func:`cdkd.engine.run.thread_policy`). There its forward (as costly as the student's step on
+    the demo) overlaps the student's step on another core, with the same bits as in the trainer,
+    since both run one thread (tests/test_teacher_cache.py). ``trainer``: always in the trainer."""
+    if cfg.teacher.forward_in == "trainer" or device.type != "cpu":
         return False
-    return setting == "loader" or thread_policy(cfg)["loader_workers"] > 0
+    policy = thread_policy(cfg)
+    return policy["loader_workers"] > 0 and policy["threads"] == 1
 
 
 def build_optimizer(cfg: Config, params: list, etht_params: list = ()) -> torch.optim.Optimizer:
