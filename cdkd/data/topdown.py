@@ -402,7 +402,7 @@ class TopDownDataset(Dataset):
         t_matrix = crop_matrix(aug.center, aug.scale, aug.rotation, aug.flip, image.shape[1], self.teacher_size)
         return normalize(cv2.warpAffine(image, t_matrix, (tw, th), flags=cv2.INTER_LINEAR))
 
-    # -- teacher outputs read from a cache (cdkd.engine.teacher_cache) ---------------------------
+    # -- teacher outputs from a cache (cdkd.engine.teacher_cache) or the loader workers ---------
     def use_teacher_cache(self, cache) -> None:
         """Read the teacher's outputs of a loader batch from ``cache`` (a
         :class:`cdkd.engine.teacher_cache.TeacherCache`, or None to stop) instead of cutting the
@@ -431,7 +431,7 @@ class TopDownDataset(Dataset):
         if self.teacher_size is None:
             return samples
         whole = all(image is not None for _, image, _ in items)
-        cache = getattr(self, "teacher_cache", None)
+        cache = self.teacher_cache
         key = cache.key(self._views(items)) if cache is not None and whole else None
         if key is not None:
             outputs = cache.load(key)
@@ -440,7 +440,7 @@ class TopDownDataset(Dataset):
         for sample, image, aug in items:
             if image is not None:
                 sample["teacher_image"] = self._teacher_crop(image, aug)
-        forward = getattr(self, "teacher_forward", None)
+        forward = self.teacher_forward
         if forward is not None and whole and get_worker_info() is not None:
             out = forward(torch.stack([sample.pop("teacher_image") for sample in samples]))
             outputs = {f: getattr(out, f).contiguous() for f in TEACHER_FIELDS}
@@ -495,8 +495,6 @@ class TopDownDataset(Dataset):
 
 TEACHER_FIELDS = ("x", "y", "feature")  # a sample's cached teacher outputs are "teacher_x", ...
 TEACHER_KEY = "teacher_key"  # the cache file a batch's teacher outputs go to (on each of its samples)
-
-
 TEACHER_FROM_CACHE, TEACHER_FROM_LOADER = 1, 2  # a sample's "teacher_source"
 
 
