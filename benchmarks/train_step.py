@@ -16,7 +16,10 @@ distill run at 32x32 and 64x64, each with
   what a study's students after the first one of a seed run;
 * ``cold`` (distill only): the new pipeline with an empty teacher cache before every slice, the
   first student of a seed: the teacher runs in the loader worker (``teacher.forward_in=auto``),
-  beside the student's step, and its outputs are written.
+  beside the student's step, and its outputs are written;
+* ``all`` and ``all-cold``: ``new`` and ``cold`` with ``train.threads=all`` (opt-in): the batches
+  are cut in the training process and every core computes its ops (and the teacher's, when cold).
+  Same samples, other float rounding than ``auto``.
 
 All run the same code otherwise (the teacher forward under ``inference_mode``, the look-up
 normalisation). Epoch slices of every case alternate in rounds, so a busy phase of the shared
@@ -66,6 +69,7 @@ from benchmarks.common import measure, parse_args, round_to, write_result
 TARGET_OVERHEAD = 1.2
 QUICK_BUDGET_S = 150  # quick mode starts no further round after this (a loaded machine slows the old pipeline 10x)
 TARGETS = {"speedup_distill": 2.0, "speedup_baseline": 1.5, "distill_over_baseline": 1.7}  # issue 21
+PIPELINES = {"baseline": ("old", "new", "all"), "distill": ("old", "new", "cold", "all", "all-cold")}
 
 
 def cases(quick: bool, device: str, tiny: bool = False) -> list[dict]:
@@ -234,12 +238,17 @@ def pipelines(default_threads: int, work: Path) -> dict[str, list[str]]:
     ``new`` reads the teacher's outputs from a cache that an earlier pass over the same epochs
     filled (a study's second and later students of a seed); ``cold`` is the same pipeline with an
     empty cache before every slice (the first student: the teacher runs and its outputs are written).
-    Baselines have no teacher, so their ``cold`` case is not run."""
+    Baselines have no teacher, so their ``cold`` case is not run. ``all`` and ``all-cold`` are ``new``
+    and ``cold`` with ``train.threads=all`` (batches cut in the trainer, every core to its ops: other
+    float rounding, opt-in)."""
     new = ["data.cache=decoded", "train.threads=auto"]
+    every = ["data.cache=decoded", "train.threads=all"]
     return {"old": ["data.cache=none", f"train.threads={default_threads}", "teacher.cache=none",
                     "teacher.forward_in=trainer"],
             "new": [*new, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-warm'}"],
-            "cold": [*new, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-cold'}"]}
+            "cold": [*new, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-cold'}"],
+            "all": [*every, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-warm-all'}"],
+            "all-cold": [*every, "teacher.cache=disk", f"teacher.cache_dir={work / 'teacher-cache-cold-all'}"]}
 
 
 def cpu_times() -> dict[str, int]:
@@ -307,7 +316,7 @@ def whole_steps(args, work: Path) -> dict:
     built, recorders, cache_s = {}, {}, {}
     for size in sizes:
         for mode in ("baseline", "distill"):
-            for pipeline in ("old", "new") if mode == "baseline" else ("old", "new", "cold"):
+            for pipeline in PIPELINES[mode]:
                 name = f"{mode} {size} {pipeline}"
                 cfg = whole_step_config(size, mode, settings[pipeline], data_root, steps, batch)
                 start = time.perf_counter()
@@ -320,7 +329,7 @@ def whole_steps(args, work: Path) -> dict:
         t.cfg.train.max_steps_per_epoch = steps
     fill_s = {}
     for name, t in built.items():  # the warm cache: the measured slices' views, once through the teacher
-        if name.startswith("distill") and name.endswith("new"):
+        if name.startswith("distill") and name.endswith(("new", "all")):
             start = time.perf_counter()
             for r in range(rounds):
                 epoch_slice(t, 1 + r, recorders[name])
@@ -333,7 +342,7 @@ def whole_steps(args, work: Path) -> dict:
             print(f"quick mode: {r} rounds in {time.perf_counter() - measuring:.0f} s, stopping", file=sys.stderr)
             break
         for name, t in built.items():
-            if name.endswith("cold"):  # the first student of a seed: nothing cached yet
+            if name.endswith("cold"):  # the first student of a seed: nothing cached yet (new and all)
                 shutil.rmtree(t.teacher_cache.folder, ignore_errors=True)
                 t.teacher_cache.used = None
             seconds[name].append(epoch_slice(t, 1 + r, recorders[name]))
@@ -346,23 +355,32 @@ def whole_steps(args, work: Path) -> dict:
     sps = {name: steps * b / statistics.median(s) for name, s in seconds.items()}
     summary, rows = {}, []
     for size in sizes:
-        s = {(m, p): sps[f"{m} {size} {p}"] for m in ("baseline", "distill") for p in ("old", "new", "cold")
+        s = {(m, p): sps[f"{m} {size} {p}"] for m, names in PIPELINES.items() for p in names
              if f"{m} {size} {p}" in sps}
         ratios = {"speedup_distill": s["distill", "new"] / s["distill", "old"],
                   "speedup_baseline": s["baseline", "new"] / s["baseline", "old"],
                   "distill_over_baseline": s["baseline", "new"] / s["distill", "new"],
                   "distill_over_baseline_old": s["baseline", "old"] / s["distill", "old"],
                   "speedup_distill_cold": s["distill", "cold"] / s["distill", "old"],
-                  "distill_over_baseline_cold": s["baseline", "new"] / s["distill", "cold"]}
-        summary[str(size)] = {**{f"samples_per_s_{m}_{p}": round_to(v) for (m, p), v in s.items()},
+                  "distill_over_baseline_cold": s["baseline", "new"] / s["distill", "cold"],
+                  "speedup_distill_all": s["distill", "all"] / s["distill", "old"],
+                  "speedup_baseline_all": s["baseline", "all"] / s["baseline", "old"],
+                  "distill_over_baseline_all": s["baseline", "all"] / s["distill", "all"],
+                  "speedup_distill_all_cold": s["distill", "all-cold"] / s["distill", "old"],
+                  "distill_all_over_new": s["distill", "all"] / s["distill", "new"],
+                  "baseline_all_over_new": s["baseline", "all"] / s["baseline", "new"]}
+        summary[str(size)] = {**{f"samples_per_s_{m}_{p.replace('-', '_')}": round_to(v) for (m, p), v in s.items()},
                               **{k: round_to(v) for k, v in ratios.items()}}
-        rows += [[size, m, round_to(s[m, "old"]), round_to(s[m, "new"]), round_to(s[m, "new"] / s[m, "old"])]
-                 for m in ("baseline", "distill")]
-        rows.append([size, "distill, cache cold", round_to(s["distill", "old"]), round_to(s["distill", "cold"]),
-                     round_to(s["distill", "cold"] / s["distill", "old"])])
-    met = {f"{k} at {size}": (summary[str(size)][k] >= v if k.startswith("speedup") else summary[str(size)][k] <= v)
-           for size in sizes for k, v in TARGETS.items()}
-    policies = {p: thread_policy(built[f"baseline {sizes[0]} {p}"].cfg) for p in ("old", "new")}
+        for m in ("baseline", "distill"):
+            rows += [[size, m if p == "new" else f"{m}, threads=all", round_to(s[m, "old"]), round_to(s[m, p]),
+                     round_to(s[m, p] / s[m, "old"])] for p in ("new", "all")]
+        for p, label in (("cold", "distill, cache cold"), ("all-cold", "distill, cache cold, threads=all")):
+            rows.append([size, label, round_to(s["distill", "old"]), round_to(s["distill", p]),
+                         round_to(s["distill", p] / s["distill", "old"])])
+    met = {f"{k}{suffix} at {size}": (summary[str(size)][k + suffix] >= v if k.startswith("speedup")
+                                      else summary[str(size)][k + suffix] <= v)
+           for suffix in ("", "_all") for size in sizes for k, v in TARGETS.items()}
+    policies = {p: thread_policy(built[f"baseline {sizes[0]} {p}"].cfg) for p in ("old", "new", "all")}
     return {"summary": summary, "targets": TARGETS, "targets_met": met, "rows": rows,
             "settings": {"sizes": list(sizes), "persons": persons, "steps_per_slice": steps, "rounds": rounds,
                          "batch": b, "workers": next(iter(built.values())).cfg.data.workers,
@@ -376,7 +394,10 @@ def whole_steps(args, work: Path) -> dict:
 # ---- part 2: model steps on random inputs -------------------------------------------------------
 
 def model_steps(args, device: torch.device) -> dict:
-    """Part 2: student step, teacher forward, distill step and the distiller's overhead."""
+    """Part 2: student step, teacher forward, distill step and the distiller's overhead (on the CPU
+    also the student and teacher-free distill steps on every core, as ``train.threads=all`` runs them)."""
+    from cdkd.engine.run import thread_policy, usable_cores
+
     rows, summary, profiles, settings, explanations = [], {}, [], [], []
     for case in cases(args.quick, args.device, args.tiny):
         cfg, student, teacher, distiller = build_case(case, device)
@@ -387,6 +408,9 @@ def model_steps(args, device: torch.device) -> dict:
         warmup, iters = (1, 3) if paper_size and args.device == "cpu" else (2, 5 if args.quick else 15)
         if args.tiny:
             warmup, iters = 1, 1
+        if args.device == "cpu":  # as the trainer runs under train.threads=auto (or --threads)
+            torch.set_num_threads(args.threads or thread_policy(cfg)["threads"])
+        threads = torch.get_num_threads()
         times = measure(fns, device, warmup, iters)
         s, t, d, f = (times[n]["median_s"] for n in ("student_step", "teacher_forward", "distill_step",
                                                        "distill_step_teacher_free"))
@@ -397,8 +421,22 @@ def model_steps(args, device: torch.device) -> dict:
         summary[f"overhead {case['name']}"] = round_to(overhead)
         summary[f"distill / student step {case['name']}"] = round_to(d / s)
         summary[f"teacher-free distill / student step {case['name']}"] = round_to(f / s)
+        every = usable_cores()
+        if args.device == "cpu" and every > threads and not paper_size:
+            # the floor of distill_over_baseline under train.threads=all: both steps on every core
+            torch.set_num_threads(every)
+            try:
+                times_all = measure({n: fns[n] for n in ("student_step", "distill_step_teacher_free")}, device,
+                                    warmup, iters)
+            finally:
+                torch.set_num_threads(threads)
+            s_all, f_all = (times_all[n]["median_s"] for n in ("student_step", "distill_step_teacher_free"))
+            summary[f"teacher-free distill / student step {case['name']} at {every} threads"] = round_to(f_all / s_all)
+            summary[f"student step ms {case['name']} at {every} threads"] = round_to(1e3 * s_all)
+            summary[f"teacher-free distill step ms {case['name']} at {every} threads"] = round_to(1e3 * f_all)
+            times = {**times, **{f"{n} at {every} threads": v for n, v in times_all.items()}}
         settings.append({"case": case["name"], "preset": case["preset"], "overrides": case["overrides"],
-                         "batch": b, "warmup": warmup, "iters": iters,
+                         "batch": b, "warmup": warmup, "iters": iters, "threads": threads,
                          "distill": {"fidelity": cfg.distill.fidelity, "projector": cfg.distill.projector,
                                      "feature": cfg.distill.feature, "logit": cfg.distill.logit,
                                      "etht": cfg.distill.etht}, "times": times})
@@ -432,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             ("Part 1: samples/s of whole training steps with data (the engine's train_one_epoch over epoch slices "
              f"of {whole['settings']['steps_per_slice']} steps, loader start included), median over "
              f"{whole['settings']['rounds']} interleaved rounds. speedup_* = new / old samples/s; "
-             "distill_over_baseline = baseline / distill samples/s (the time ratio with data) in the new pipeline."),
+             "distill_over_baseline = baseline / distill samples/s (the time ratio with data) in the new pipeline; "
+             "the *_all keys are the same ratios for the train.threads=all pipeline (opt-in)."),
             (f"CPU steal during part 1: {whole['machine_load']['steal_share']}; load average before: "
              f"{' '.join(whole['machine_load']['loadavg_before'])} (other jobs share this machine)."),
             ("Both pipelines run the same engine code apart from data.cache, train.threads and teacher.cache: the "
@@ -445,12 +484,15 @@ def main(argv: list[str] | None = None) -> int:
         ]
     notes += [
         ("Part 2: times are medians over interleaved rounds (student step, teacher forward, distill step), after "
-         "warm-up; samples/s = batch / median step time."),
+         "warm-up, with the trainer's threads under train.threads=auto (settings.cases[].threads; --threads "
+         "overrides); samples/s = batch / median step time."),
         ("overhead = distill step / (student step + teacher forward); 1.0 means the distiller costs nothing. "
          f"Target on the CPU at the demo preset: <= {TARGET_OVERHEAD}."),
         ("Every step: engine compute_losses (forward + SimCC loss [+ teacher forward under inference_mode + "
          "Distiller]), backward, Adam step. Random inputs, random weights. The teacher-free distill step "
-         "takes the teacher's outputs computed beforehand: the floor a cache of teacher outputs could reach."),
+         "takes the teacher's outputs computed beforehand: the floor a cache of teacher outputs could reach. "
+         "'... at N threads': the student and teacher-free distill steps on every core (train.threads=all); "
+         "their ratio is the floor of distill_over_baseline_all."),
     ]
     if args.device == "cpu" and not args.quick:
         notes.append("Paper sizes on the CPU: batch 4 and 3 timed rounds only; the ratio, not the absolute "
@@ -461,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     if whole is not None:
         summary.update({"whole_steps": whole["summary"], "targets_met": whole["targets_met"],
                         "steal_share": whole["machine_load"]["steal_share"]})
-        tables.append({"title": "Whole training steps with data (samples/s, median): old and new pipeline",
+        tables.append({"title": "Whole training steps with data (samples/s, median): old and new pipelines",
                        "columns": ["size", "step", "old samples/s", "new samples/s", "speedup"],
                        "rows": whole["rows"]})
     summary.update({**model["summary"], "demo overhead within target": all(v <= TARGET_OVERHEAD for v in demo)})

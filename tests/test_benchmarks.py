@@ -3,6 +3,7 @@ so that an engine change that breaks a script fails here (train_step.py once bro
 ``compute_losses`` changed its arguments). No speed is asserted: the numbers are the scripts' job."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +26,20 @@ def test_train_step_tiny_compares_the_pipelines(tmp_path):
     result = json.loads((tmp_path / "out" / "train_step.json").read_text())
     assert result["benchmark"] == "train_step" and result["quick"] is True
     size = result["summary"]["whole_steps"]["32"]
-    rates = {(m, p): size[f"samples_per_s_{m}_{p}"] for m in ("baseline", "distill") for p in ("old", "new")}
+    rates = {(m, p): size[f"samples_per_s_{m}_{p}"] for m in ("baseline", "distill") for p in ("old", "new", "all")}
     rates["distill", "cold"] = size["samples_per_s_distill_cold"]
+    rates["distill", "all-cold"] = size["samples_per_s_distill_all_cold"]
     assert all(v > 0 for v in rates.values()), rates
     # the ratios are the rates' ratios (3 significant digits)
     assert size["speedup_distill"] == pytest.approx(rates["distill", "new"] / rates["distill", "old"], rel=0.01)
     assert size["speedup_baseline"] == pytest.approx(rates["baseline", "new"] / rates["baseline", "old"], rel=0.01)
     assert size["distill_over_baseline"] == pytest.approx(rates["baseline", "new"] / rates["distill", "new"], rel=0.01)
     assert size["speedup_distill_cold"] == pytest.approx(rates["distill", "cold"] / rates["distill", "old"], rel=0.01)
+    assert size["speedup_distill_all"] == pytest.approx(rates["distill", "all"] / rates["distill", "old"], rel=0.01)
+    assert size["distill_over_baseline_all"] == pytest.approx(rates["baseline", "all"] / rates["distill", "all"],
+                                                              rel=0.01)
+    assert size["speedup_distill_all_cold"] == pytest.approx(rates["distill", "all-cold"] / rates["distill", "old"],
+                                                             rel=0.01)
     steal = result["summary"]["steal_share"]
     assert steal is None or 0.0 <= steal <= 1.0
     whole = result["settings"]["whole_steps"]
@@ -41,12 +48,19 @@ def test_train_step_tiny_compares_the_pipelines(tmp_path):
     assert whole["pipelines"]["old"][0] == "data.cache=none" and "teacher.cache=none" in whole["pipelines"]["old"]
     assert "teacher.forward_in=trainer" in whole["pipelines"]["old"]
     assert whole["thread_policy"]["new"]["setting"] == "auto" and whole["thread_policy"]["new"]["fits"]
-    assert set(whole["cache_fill_seconds"]) == {"distill 32 new"}
-    assert set(result["summary"]["targets_met"]) == {f"{k} at 32" for k in
+    assert whole["pipelines"]["all"][:3] == ["data.cache=decoded", "train.threads=all", "teacher.cache=disk"]
+    assert whole["thread_policy"]["all"]["loader_workers"] == 0 and whole["thread_policy"]["all"]["fits"]
+    assert set(whole["cache_fill_seconds"]) == {"distill 32 new", "distill 32 all"}
+    assert set(result["summary"]["targets_met"]) == {f"{k}{suffix} at 32" for suffix in ("", "_all") for k in
                                                      ("speedup_distill", "speedup_baseline", "distill_over_baseline")}
-    assert [r[:2] for r in result["tables"][0]["rows"]] == [[32, "baseline"], [32, "distill"],
-                                                             [32, "distill, cache cold"]]
+    assert [r[:2] for r in result["tables"][0]["rows"]] == [
+        [32, "baseline"], [32, "baseline, threads=all"], [32, "distill"], [32, "distill, threads=all"],
+        [32, "distill, cache cold"], [32, "distill, cache cold, threads=all"]]
     assert result["tables"][1]["rows"][0][0] == "demo 32 <- 128"  # part 2: model steps on random inputs
+    assert result["settings"]["cases"][0]["threads"] == 1  # --threads 1
+    cores = len(os.sched_getaffinity(0))
+    floor = f"teacher-free distill / student step demo 32 <- 128 at {cores} threads"
+    assert (floor in result["summary"]) == (cores > 1)  # the same steps on every core (train.threads=all)
     assert (tmp_path / "data" / "synth-24" / "mpii" / ".cache").is_dir()  # the new pipeline's decoded images
 
 

@@ -202,6 +202,58 @@ def test_augmentation_streams_equal_a_loader_with_that_many_workers(synth, proce
             assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
 
 
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_all_threads_cut_batches_in_the_trainer_and_use_every_core(cores):
+    policy = thread_policy(load_config("tiny_student", ["data.workers=2", "train.threads=all"]), cores=cores)
+    assert (policy["loader_workers"], policy["threads"], policy["processes"]) == (0, cores, 1)
+    assert policy["fits"] and policy["workers"] == 2 and policy["setting"] == "all"
+
+
+def test_small_tensors_cross_processes_inside_the_pickle():
+    """A collated batch leaves a worker through torch's pickler (shared memory per tensor); its small
+    tensors travel inline instead, and it arrives as a plain dict with the same values and dtypes."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    from cdkd.data.topdown import INLINE_TENSOR_BYTES, InlineBatch, collate_batch
+
+    samples = [{"image": torch.randn(3, 64, 64), "target_x": torch.arange(5) + i,
+                "visible": torch.tensor([True, i > 0]), "rotation": 0.5 * i, "name": f"p{i}",
+                "half": torch.ones(2, dtype=torch.bfloat16)} for i in range(4)]
+    batch = collate_batch(samples)
+    assert isinstance(batch, InlineBatch) and batch["image"].numel() * 4 > INLINE_TENSOR_BYTES
+    _, (keys, inline, shared) = batch.__reduce__()
+    assert keys == list(samples[0]) and set(inline) == {"target_x", "visible", "rotation"}
+    assert set(shared) == {"image", "name", "half"}  # big, not a tensor, no NumPy dtype
+    got = pickle.loads(bytes(ForkingPickler.dumps(batch)))
+    assert type(got) is dict and list(got) == list(batch)
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
+        else:
+            assert got[key] == value
+    got["target_x"] += 1  # a writable tensor of its own
+    assert not torch.equal(got["target_x"], batch["target_x"])
+    assert collate_batch([(torch.ones(2), 1)] * 2)[0].shape == (2, 2)  # not dict samples: torch's batch
+
+
+def test_all_threads_runs_repeat_bit_for_bit(synth, teacher_ckpt, tmp_path):
+    """Same settings, same bits (a distillation run), with the batches cut in the trainer and every
+    core computing."""
+    from cdkd.checkpoint import load_checkpoint
+    from cdkd.engine.train import fit
+
+    cfg = tiny(synth, "train.threads=all", "data.workers=2", "train.epochs=2", "train.progress=none",
+               f"teacher.checkpoint={teacher_ckpt}")
+    runs = [fit(cfg, run_dir=tmp_path / name) for name in ("a", "b")]
+    first, second = (load_checkpoint(run / "last.pth")["state_dict"] for run in runs)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    env = json.loads((runs[0] / "environment.json").read_text())
+    assert env["thread_policy"]["setting"] == "all" and env["thread_policy"]["loader_workers"] == 0
+
+
 def test_explicit_threads_keep_the_workers_and_may_oversubscribe():
     policy = thread_policy(load_config("tiny_student", ["data.workers=2", "train.threads=2"]), cores=2)
     assert (policy["loader_workers"], policy["threads"], policy["fits"]) == (2, 2, False)
@@ -236,7 +288,7 @@ def test_fewer_loader_processes_give_the_batches_of_the_configured_workers(synth
 
 def test_explicit_threads_and_bad_values():
     assert thread_policy(load_config("tiny_student", ["train.threads=3"]), cores=2)["threads"] == 3
-    for bad in ("0", "many", "-1"):
+    for bad in ("0", "many", "-1", "All"):
         with pytest.raises(ConfigError, match="train.threads"):
             load_config("tiny_student", [f"train.threads={bad}"])
 

@@ -78,6 +78,15 @@ def thread_policy(cfg: Config, cores: int | None = None) -> dict:
     a busy core makes OpenMP threads wait for each other (8.5x slower steps measured with 2 threads
     and 2 workers on a loaded 2-core machine, issue 21).
 
+    ``all``: one process. The batches are cut in the training process (the same samples, from
+    :class:`cdkd.data.topdown.AugmentationStreams`) and torch computes with every core. Where cutting
+    a batch is cheap next to a step (decoded images cached, teacher outputs cached or no teacher) this
+    is the fastest on a small CPU machine: the step's own ops use both cores of a 2-core machine,
+    and no batch crosses between processes (issue 21: up to 1.4x the samples/s of ``auto`` at the
+    demo sizes, ``results/bench/train_step.json``). It changes float rounding (a weight gradient
+    summed by two threads), so its runs are not the bits of ``auto``'s; on a GPU, or with images
+    decoded per sample, ``auto`` is better. Under DDP the loader still runs ``data.workers`` workers.
+
     An explicit number: that many trainer threads next to ``data.workers`` worker processes.
 
     Returns:
@@ -91,6 +100,8 @@ def thread_policy(cfg: Config, cores: int | None = None) -> dict:
     if setting == "auto":
         loader = min(workers, max(cores - 1, 0))
         threads = max(1, cores // (1 + loader))
+    elif setting == "all":
+        loader, threads = 0, max(1, cores)
     else:
         loader, threads = workers, int(setting)
     return {"setting": setting, "cores": cores, "workers": workers, "loader_workers": loader, "threads": threads,

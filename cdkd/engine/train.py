@@ -33,7 +33,7 @@ from cdkd.checkpoint import unwrap
 from cdkd.codec import num_bins
 from cdkd.config import Config, ConfigError, run_name
 from cdkd.data.topdown import (TEACHER_FIELDS, TEACHER_FROM_CACHE, TEACHER_FROM_LOADER, TEACHER_KEY,
-                               AugmentationStreams, build_dataset)
+                               AugmentationStreams, build_dataset, collate_batch)
 from cdkd.distill import Distiller
 from cdkd.distill.distiller import total_loss
 from cdkd.distill.etht import etht_param_group, set_etht_lr
@@ -259,7 +259,7 @@ def make_loader(dataset, cfg: Config, epoch: int, device: torch.device, dist: Di
     per_rank = max(1, cfg.train.batch_size // dist.world_size)
     drop_last = len(dataset) > per_rank
     common = {"pin_memory": device.type == "cuda", "persistent_workers": False,
-              "worker_init_fn": single_thread_worker}
+              "worker_init_fn": single_thread_worker, "collate_fn": collate_batch}
     streams, processes = cfg.data.workers, thread_policy(cfg)["loader_workers"]
     if not dist.enabled and 0 < streams and processes < streams:
         batches = AugmentationStreams(len(dataset), per_rank, drop_last, streams)
