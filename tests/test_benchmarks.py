@@ -73,3 +73,15 @@ def test_data_pipeline_quick_and_the_report(tmp_path):
     assert all(row[3] > 0 for row in result["tables"][0]["rows"])
     run_script("report.py", "--out", str(out))
     assert "Data pipeline" in (out / "README.md").read_text()
+
+
+def test_report_renders_every_record_file(tmp_path):
+    """Two records of one benchmark (train_step.json and train_step_loaded.json) are both shown, the
+    benchmark's own file first."""
+    from benchmarks.report import render
+
+    for stem, title in (("train_step", "quiet"), ("train_step_loaded", "loaded")):
+        record = {"benchmark": "train_step", "title": f"Training step, {title} machine", "summary": {"x": 1.0}}
+        (tmp_path / f"{stem}.json").write_text(json.dumps(record))
+    page = render(tmp_path)
+    assert page.index("Training step, quiet machine") < page.index("Training step, loaded machine")

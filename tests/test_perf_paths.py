@@ -44,6 +44,16 @@ def assert_same(a: dict, b: dict) -> None:
             assert a[key] == b[key], key
 
 
+def assert_same_batch(a: dict, b: dict) -> None:
+    """Same keys, and every value equal with its dtype and shape (torch.equal alone ignores dtype)."""
+    assert list(a) == list(b)
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
 def cache_files(root):
     return sorted(p.name for p in (root / "mpii" / ".cache").glob("decoded-*"))
 
@@ -198,8 +208,7 @@ def test_augmentation_streams_equal_a_loader_with_that_many_workers(synth, proce
     assert torch.equal(torch.get_rng_state(), after)
     assert len(streams) == len(got) == len(reference) and len(got[-1]["image"]) == len(ds) % 5
     for a, b in zip(reference, got):
-        for key in a:
-            assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
+        assert_same_batch(a, b)
 
 
 @pytest.mark.parametrize("cores", [1, 2, 16])
@@ -247,11 +256,48 @@ def test_all_threads_runs_repeat_bit_for_bit(synth, teacher_ckpt, tmp_path):
 
     cfg = tiny(synth, "train.threads=all", "data.workers=2", "train.epochs=2", "train.progress=none",
                f"teacher.checkpoint={teacher_ckpt}")
-    runs = [fit(cfg, run_dir=tmp_path / name) for name in ("a", "b")]
+    before = torch.get_num_threads()
+    try:
+        runs = [fit(cfg, run_dir=tmp_path / name) for name in ("a", "b")]
+    finally:
+        torch.set_num_threads(before)
     first, second = (load_checkpoint(run / "last.pth")["state_dict"] for run in runs)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     env = json.loads((runs[0] / "environment.json").read_text())
     assert env["thread_policy"]["setting"] == "all" and env["thread_policy"]["loader_workers"] == 0
+
+
+def test_all_threads_is_refused_under_ddp(synth, monkeypatch):
+    import cdkd.engine.train as train
+    from cdkd.engine.dist import DistInfo
+
+    monkeypatch.setattr(train, "init_distributed", lambda device: DistInfo(rank=0, world_size=2, local_rank=0))
+    monkeypatch.setattr(train, "cleanup", lambda info: None)
+    with pytest.raises(ConfigError, match="train.threads"):
+        train.build_training(tiny(synth, "train.threads=all", "train.mode=baseline"))
+
+
+def test_evaluation_loads_with_the_policys_processes_and_gives_the_same_predictions(synth, monkeypatch):
+    """Evaluation draws nothing at random: its predictions under train.threads=all (no loader
+    process) equal those with two workers."""
+    import cdkd.engine.evaluate as evaluate
+    from cdkd.models import build_pose_model
+
+    made = []
+    loader = evaluate.DataLoader
+    monkeypatch.setattr(evaluate, "DataLoader", lambda *a, **k: made.append(k["num_workers"]) or loader(*a, **k))
+    base = tiny(synth, "train.mode=baseline", "data.workers=2", "train.progress=none")
+    ds = build_dataset(base, "val")
+    torch.manual_seed(0)
+    model = build_pose_model(base.model.arch, ds.num_joints, tuple(base.model.input_size), base.model.split_ratio)
+    runs = {}
+    for name, threads in (("workers", "2"), ("all", "all")):
+        cfg = tiny(synth, "train.mode=baseline", "data.workers=2", f"train.threads={threads}")
+        runs[name] = evaluate.predict_dataset(model, ds, cfg, torch.device("cpu"), progress=False)
+    assert made == [2, 0]
+    assert runs["all"].keys() == runs["workers"].keys()
+    for key, value in runs["workers"].items():
+        assert np.array_equal(value, runs["all"][key]), key
 
 
 def test_explicit_threads_keep_the_workers_and_may_oversubscribe():
@@ -281,9 +327,7 @@ def test_fewer_loader_processes_give_the_batches_of_the_configured_workers(synth
     got = list(loader)
     assert torch.equal(torch.get_rng_state(), after_reference)
     for a, b in zip(reference, got):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]) if isinstance(a[key], torch.Tensor) else a[key] == b[key], key
+        assert_same_batch(a, b)
 
 
 def test_explicit_threads_and_bad_values():

@@ -544,7 +544,10 @@ class InlineBatch(dict):
 
 
 def _travels_inline(value) -> bool:
-    return (isinstance(value, torch.Tensor) and value.device.type == "cpu" and not value.requires_grad
+    """A small, plain CPU tensor that ``.numpy()`` takes as it is (a failure in the worker's queue
+    thread would lose the batch, so anything else keeps torch's own transport)."""
+    return (isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.layout == torch.strided
+            and not (value.requires_grad or value.is_neg() or value.is_conj())
             and value.dtype in _NUMPY_DTYPES and value.numel() * value.element_size() <= INLINE_TENSOR_BYTES)
 
 

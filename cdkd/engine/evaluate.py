@@ -21,6 +21,7 @@ from cdkd.config import Config
 from cdkd.data.topdown import collate_batch
 from cdkd.data.transforms import transform_preds
 from cdkd.engine.progress import loader_batches, progress_bar
+from cdkd.engine.run import thread_policy
 from cdkd.inference import predict_crops
 
 
@@ -37,7 +38,10 @@ def predict_dataset(model: nn.Module, dataset, cfg: Config, device: torch.device
     """
     flip = cfg.eval.flip_test if flip is None else flip
     model.eval()
-    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=cfg.data.workers,
+    # the loader processes of the thread policy: evaluation draws nothing at random, so any number
+    # gives the same batches, and these fit beside the trainer's threads (train.threads=all: none)
+    workers = thread_policy(cfg)["loader_workers"]
+    loader = DataLoader(dataset, batch_size=cfg.eval.batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", collate_fn=collate_batch)
     h, w = model.input_size
     parts: dict[str, list] = {k_: [] for k_ in ("coords", "scores", "crop_coords", "index", "image_id", "box_score", "area")}

@@ -30,9 +30,11 @@ from cdkd.config import Config, ConfigError, config_to_dict, load_config, run_na
 RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
-# resumed or reused): the device, torch threads, the decoded-image cache (same crops), the
-# teacher-output cache and where the teacher runs (same bits), progress display, logging interval
-# and folder names. Not data.workers: it names the augmentation streams (cdkd.engine.train.make_loader).
+# resumed or reused): the device and torch threads (the same computation; float rounding may differ,
+# as on another machine: environment.json records each start's thread policy), the decoded-image cache
+# (same crops), the teacher-output cache and where the teacher runs (same bits), progress display,
+# logging interval and folder names. Not data.workers: it names the augmentation streams
+# (cdkd.engine.train.make_loader).
 NON_RESULT_KEYS = frozenset({"name", "train.device", "train.log_every", "train.out_dir",
                              "train.run_name", "train.threads", "data.cache", "data.cache_dir",
                              "data.cache_max_gb", "train.progress",

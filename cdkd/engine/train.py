@@ -175,6 +175,10 @@ def build_training(cfg: Config, run_dir: str | Path | None = None) -> Training:
     """
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
+    if dist.enabled and str(cfg.train.threads) == "all":
+        cleanup(dist)
+        raise ConfigError("config key 'train.threads' is 'all' (one process cutting its own batches on every core); "
+                          "under torchrun each rank runs data.workers loader workers: use 'auto' or a number")
     run_dir = setup_run(cfg, run_dir, write=dist.is_main)
     m = cfg.model
     train_set = build_dataset(cfg, "train")
