@@ -102,6 +102,8 @@ def command_line(script: str, args: argparse.Namespace) -> str:
         parts.append(f"--device {args.device}")
     if args.threads > 0:
         parts.append(f"--threads {args.threads}")
+    if getattr(args, "load", 0):
+        parts.append(f"--load {args.load}")
     return " ".join(parts)
 
 

@@ -51,8 +51,10 @@ sizes only in part 2 (a few minutes on 2 cores); ``--tiny``: a smoke test of eve
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -449,6 +451,18 @@ def model_steps(args, device: torch.device) -> dict:
     return {"rows": rows, "summary": summary, "profiles": profiles, "settings": settings, "notes": explanations}
 
 
+@contextlib.contextmanager
+def busy_loops(count: int):
+    """``count`` processes that keep a core busy each (``--load``), stopped on exit."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield loops
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
@@ -456,11 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--tiny", action="store_true", help="smoke test: tiny data, 2 steps, 1 round")
         parser.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "bench"),
                             help="folder of the benchmark's synthetic sets (default data/bench)")
+        parser.add_argument("--load", type=int, default=0,
+                            help="busy-loop processes beside part 1 (a loaded machine); the result is written "
+                                 "as train_step_loaded.json")
 
     args = parse_args(__doc__.split("\n")[0], argv, extra)
     args.quick = args.quick or args.tiny
     device = torch.device(args.device)
-    with tempfile.TemporaryDirectory(prefix="cdkd-train-step-") as work:
+    with tempfile.TemporaryDirectory(prefix="cdkd-train-step-") as work, busy_loops(args.load):
         whole = whole_steps(args, Path(work)) if args.device == "cpu" else None
     model = model_steps(args, device)
     demo = [v for k, v in model["summary"].items() if k.startswith("overhead demo")]
@@ -513,8 +530,11 @@ def main(argv: list[str] | None = None) -> int:
                                "teacher samples/s", "distill samples/s", "overhead", "distill / student",
                                "teacher-free distill / student", "rounds"],
                    "rows": model["rows"]})
+    if args.load:
+        notes.insert(0, f"Measured on a loaded machine: {args.load} busy-loop process(es) ran beside part 1 "
+                        "(each keeps a core busy, as another job on a shared machine would).")
     write_result(
-        args, "train_step", "train_step.py", started,
+        args, "train_step_loaded" if args.load else "train_step", "train_step.py", started,
         title="Training step throughput: whole steps with data (old and new pipeline) and the CDKD overhead",
         description=__doc__.split("\n\n")[0],
         settings={"whole_steps": None if whole is None else {**whole["settings"], "targets": whole["targets"],

@@ -64,6 +64,15 @@ def test_train_step_tiny_compares_the_pipelines(tmp_path):
     assert (tmp_path / "data" / "synth-24" / "mpii" / ".cache").is_dir()  # the new pipeline's decoded images
 
 
+def test_train_step_under_load_writes_its_own_record(tmp_path):
+    run_script("train_step.py", "--tiny", "--threads", "1", "--load", "1", "--out", str(tmp_path / "out"),
+               "--data", str(tmp_path / "data"))
+    assert not (tmp_path / "out" / "train_step.json").exists()
+    result = json.loads((tmp_path / "out" / "train_step_loaded.json").read_text())
+    assert result["command"].endswith("--load 1") and "busy-loop" in result["notes"][0]
+    assert result["summary"]["whole_steps"]["32"]["samples_per_s_distill_new"] > 0
+
+
 def test_data_pipeline_quick_and_the_report(tmp_path):
     out = tmp_path / "out"
     run_script("data_pipeline.py", "--quick", "--out", str(out))
