@@ -127,7 +127,8 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     # auto: min(data.workers, cores - 1) loader processes, the trainer the other cores | all: batches cut in the
-    # trainer, every core computes it (fastest on a small CPU with cached data; other rounding) | a number
+    # trainer, every core computes it (fastest on a small CPU with cached data that nothing else uses; other
+    # rounding) | a number
     threads: str = "auto"
     deterministic: bool = True
     max_steps_per_epoch: int = 0  # >0 caps each epoch (tiny runs and tests)

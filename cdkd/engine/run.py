@@ -87,7 +87,9 @@ def thread_policy(cfg: Config, cores: int | None = None) -> dict:
     and no batch crosses between processes (issue 21: up to 1.4x the samples/s of ``auto`` at the
     demo sizes, ``results/bench/train_step.json``). It changes float rounding (a weight gradient
     summed by two threads), so its runs are not the bits of ``auto``'s; on a GPU, or with images
-    decoded per sample, ``auto`` is better. Under DDP the loader still runs ``data.workers`` workers.
+    decoded per sample, ``auto`` is better, and on a machine shared with other work ``all`` collapses
+    (its threads wait for each other at every op: 12-27x slower than ``auto`` beside one busy process,
+    ``results/bench/train_step_loaded.json``). Refused under torchrun.
 
     An explicit number: that many trainer threads next to ``data.workers`` worker processes.
 
