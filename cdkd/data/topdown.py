@@ -531,7 +531,7 @@ class InlineBatch(dict):
     torch hands every tensor from a worker to the trainer as shared memory: one file descriptor per
     tensor, passed over a socket after an authentication handshake. A distillation batch has 19
     tensors, most of a few hundred bytes (targets, weights, centres, scales, teacher sources), and
-    receiving one took the trainer 3.5-4.5 ms at the demo sizes, 1.6-2.7 ms with this (issue 21).
+    receiving them cost the trainer milliseconds per batch (issue 21, a profile of the distill step).
     Tensors of at most :data:`INLINE_TENSOR_BYTES` go as NumPy arrays in the pickle; the crops
     and the teacher outputs keep the shared memory. On arrival the batch is a plain ``dict`` with
     the same keys, values, dtypes and shapes (small tensors come back contiguous).
