@@ -44,7 +44,9 @@ class TeacherConfig:
     # cdkd.engine.teacher_cache): auto = disk for a trained teacher on the CPU, else none | disk | none
     cache: str = "auto"
     cache_dir: str = ""  # "" = DATA_ROOT/.cache (one sub-folder per teacher)
-    cache_max_gb: float = 32.0  # no more batches are written above this (a warning says so)
+    # cap on all teachers' folders under cache_dir together: other teachers' folders (old code, other
+    # weights) are deleted to make room, least recently used first; above it nothing more is written
+    cache_max_gb: float = 32.0
     # where the teacher runs: auto = in the loader workers (beside the student's step, same bits) on
     # a CPU whose trainer runs one thread next to loader processes, else in the trainer | trainer
     forward_in: str = "auto"

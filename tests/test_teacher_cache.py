@@ -199,3 +199,46 @@ def test_cache_keys(tmp_path):
     cache = TeacherCache(tmp_path, "identity", 1e9)
     assert cache.key(b"a") != cache.key(b"b") and cache.key(b"a") == TeacherCache(tmp_path, "identity", 1).key(b"a")
     assert cache.key(b"a") != TeacherCache(tmp_path, "other", 1e9).key(b"a")
+
+
+def _stale_teacher(root, name, nbytes, hours_ago):
+    """A teacher folder of ``nbytes`` cached bytes, last used ``hours_ago``."""
+    import os
+    import time
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "batch.pt").write_bytes(b"\0" * nbytes)
+    (folder / ".last_used").touch()
+    then = time.time() - hours_ago * 3600
+    os.utime(folder / ".last_used", (then, then))
+    return folder
+
+
+def test_the_cap_covers_every_teacher_and_old_ones_make_room(tmp_path):
+    """Folders of teachers no run uses any more (another code digest, other weights) are deleted, least
+    recently used first, when a write would pass teacher.cache_max_gb; one in use is never deleted."""
+    outputs = {"x": torch.zeros(1000)}  # 4000 bytes of tensor: the estimate before a write
+    probe = TeacherCache(tmp_path / "probe" / "teacher-probe", "identity", max_bytes=1e9)
+    assert probe.save("z", outputs)
+    size = probe.path("z").stat().st_size  # a written batch's file (the cap counts files)
+    # every folder holds one batch's bytes; the cap leaves room for 3 of them plus the estimate
+    oldest = _stale_teacher(tmp_path, "teacher-oldest", size, hours_ago=48)
+    old = _stale_teacher(tmp_path, "teacher-old", size, hours_ago=24)
+    busy = _stale_teacher(tmp_path, "teacher-busy", size, hours_ago=0)  # another run is using it
+    (tmp_path / "decoded-mpii-train-0.bin").write_bytes(b"\0" * 50000)  # not a teacher's: not counted
+    cache = TeacherCache(tmp_path / "teacher-new", "identity", max_bytes=3 * size + 4000)
+    assert (tmp_path / "teacher-new" / ".last_used").exists()
+    assert cache.save("a", outputs)  # 3 folders + the estimate fit: nothing deleted
+    assert oldest.exists() and old.exists()
+    with pytest.warns(UserWarning, match="deleted .*teacher-oldest.*teacher.cache_max_gb"):
+        assert cache.save("b", outputs)  # needs room: the least recently used goes, only it
+    assert not oldest.exists() and old.exists() and busy.exists()
+    assert cache.evicted == ["teacher-oldest"]
+    with pytest.warns(UserWarning, match="teacher-old "):
+        assert cache.save("c", outputs)
+    assert not old.exists() and busy.exists()
+    assert cache.load("a") is not None and cache.load("c") is not None
+    with pytest.warns(UserWarning, match="teacher.cache_max_gb"):  # only the busy one left: stop writing
+        assert not cache.save("d", outputs)
+    assert busy.exists() and cache.full and cache.path("d").exists() is False

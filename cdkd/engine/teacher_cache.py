@@ -20,11 +20,19 @@ A batch's file is named by a hash of everything its outputs depend on:
 
 So a hit is the same bits the online teacher gave on the same batch of views (tested), whatever
 run, arm or resolution filled it; anything else is a miss, and the teacher runs. The files are
-written atomically; a file that cannot be read is a miss and is written again. Above
-``teacher.cache_max_gb`` (or with less than 1 GB free on the disk, or when a write fails) nothing
-more is written by that process (a warning says so) and training goes on with the online teacher
-for the batches not cached. The cap is soft: each process (trainer, loader workers, other runs)
-counts the folder every :data:`RESCAN_EVERY` writes and its own writes in between.
+written atomically; a file that cannot be read is a miss and is written again.
+
+Every teacher identity has its own folder ``teacher-<hash>`` under the cache folder, and any edit of
+the code, the weights or the machine starts a new one, so old folders are never hit again.
+``teacher.cache_max_gb`` caps all of them together: a write that would pass the cap first deletes
+whole folders of *other* teachers, least recently used first (a folder's ``.last_used`` stamp is
+touched when a run opens it and every :data:`RESCAN_EVERY` reads or writes), but never one used in
+the last :data:`ACTIVE_SECONDS` (another run may be reading it; a deleted file would only be a miss
+there, recomputed). When the cap still cannot be kept (this teacher's own folder fills it), or with
+less than 1 GB free on the disk, or when a write fails, nothing more is written by that process (a
+warning says so) and training goes on with the online teacher for the batches not cached. The cap
+is soft: each process (trainer, loader workers, other runs) counts the folders every
+:data:`RESCAN_EVERY` writes and its own writes in between.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -42,7 +51,9 @@ from torch import nn
 
 CACHE_VERSION = 2  # bump when the file layout or what a key covers changes
 MIN_FREE_BYTES = 1e9  # never fill the disk beyond this
-RESCAN_EVERY = 50  # writes between two counts of the folder (other processes write there too)
+RESCAN_EVERY = 50  # writes between two counts of the folders (other processes write there too)
+ACTIVE_SECONDS = 600.0  # a folder stamped this recently is in use: never deleted to make room
+STAMP = ".last_used"  # touched in a teacher's folder whenever a run uses it (least recently used goes first)
 PACKAGE = Path(__file__).resolve().parents[1]
 # the code between a record and the teacher's outputs: the crops, their augmentation, the models and
 # the engine's teacher forward; any edit of these files starts new cache folders
@@ -85,18 +96,22 @@ class TeacherCache:
     process calls :meth:`save` after running the teacher on a batch that missed.
 
     Args:
-        folder: where the files go (created; one folder per teacher identity).
+        folder: where the files go (created; one folder per teacher identity). Its ``teacher-*``
+            siblings are the other teachers' folders, which share the cap.
         identity: :func:`teacher_identity` of the teacher.
-        max_bytes: no more files are written once the folder holds this many bytes.
+        max_bytes: the cap on the bytes of this folder and its ``teacher-*`` siblings together;
+            siblings are deleted, least recently used first, to stay under it.
     """
 
     def __init__(self, folder: str | Path, identity: str, max_bytes: float) -> None:
         self.folder = Path(folder)
         self.identity = identity
         self.max_bytes = float(max_bytes)
-        self.used: int | None = None  # bytes in the folder, counted on the first save
+        self.used: int | None = None  # bytes in all teachers' folders, counted on the first save
         self.full = False  # a warning was given; nothing more is written
         self.hits = self.misses = self.saved = 0  # in this process
+        self.evicted: list[str] = []  # folders this process deleted to make room
+        self.stamp()
 
     def __getstate__(self) -> dict:  # a worker starts its own counts
         return {**self.__dict__, "hits": 0, "misses": 0, "saved": 0}
@@ -122,7 +137,44 @@ class TeacherCache:
             self.misses += 1
             return None
         self.hits += 1
+        if self.hits % RESCAN_EVERY == 0:
+            self.stamp()
         return outputs
+
+    def stamp(self) -> None:
+        """Mark this teacher's folder as used now (eviction goes by this time; never fails)."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / STAMP).touch()
+        except OSError:
+            pass  # a read-only cache still serves hits
+
+    def siblings(self) -> list[Path]:
+        """The other teachers' folders next to this one."""
+        return [p for p in self.folder.parent.glob("teacher-*") if p.is_dir() and p != self.folder]
+
+    def _count(self) -> int:
+        """Bytes of the cached files of every teacher (this folder and its siblings)."""
+        return sum(folder_bytes(p) for p in [self.folder, *self.siblings()])
+
+    def _make_room(self, needed: int) -> None:
+        """Delete other teachers' folders, least recently used first, until ``needed`` more bytes fit
+        under the cap; folders used in the last :data:`ACTIVE_SECONDS` are kept."""
+        now = time.time()
+        stale = sorted((last_used(p), p) for p in self.siblings())
+        for used_at, path in stale:
+            if self.used + needed <= self.max_bytes:
+                return
+            if now - used_at < ACTIVE_SECONDS:
+                return  # the rest are newer still
+            size = folder_bytes(path)
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                self.used -= size
+                self.evicted.append(path.name)
+                warnings.warn(f"teacher output cache: deleted {path} ({size / 1e9:.2f} GB, last used "
+                              f"{(now - used_at) / 3600:.1f} h ago) to stay under config key "
+                              f"'teacher.cache_max_gb' ({self.max_bytes / 1e9:.2f} GB)", stacklevel=4)
 
     def save(self, key: str, outputs: dict[str, torch.Tensor]) -> bool:
         """Write a batch's outputs (atomically); False when the cache is full or cannot be written."""
@@ -133,13 +185,17 @@ class TeacherCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if self.used is None or self.saved % RESCAN_EVERY == 0:
-                self.used = sum(e.stat().st_size for e in os.scandir(self.folder)
-                                if e.is_file() and not e.name.startswith("."))
+                self.used = self._count()
+                self.stamp()
             size = sum(t.numel() * t.element_size() for t in outputs.values())
+            if self.used + size > self.max_bytes:
+                self._make_room(size)
             free = shutil.disk_usage(self.folder).free
             if self.used + size > self.max_bytes or free - size < MIN_FREE_BYTES:
-                self._stop(f"it holds {self.used / 1e9:.2f} GB of at most {self.max_bytes / 1e9:.2f} GB "
-                           f"(config key 'teacher.cache_max_gb') with {free / 1e9:.1f} GB free on the disk")
+                self._stop(f"the teachers' folders hold {self.used / 1e9:.2f} GB of at most "
+                           f"{self.max_bytes / 1e9:.2f} GB (config key 'teacher.cache_max_gb'; none "
+                           f"unused for {ACTIVE_SECONDS / 60:.0f} min is left to delete) with "
+                           f"{free / 1e9:.1f} GB free on the disk")
                 return False
             torch.save({name: t.detach().to("cpu") for name, t in outputs.items()}, tmp)
             os.replace(tmp, path)
@@ -159,6 +215,24 @@ class TeacherCache:
     def stats(self) -> dict[str, int]:
         """This process's hits, misses and writes."""
         return {"hits": self.hits, "misses": self.misses, "saved": self.saved}
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the cached files in one teacher's folder (stamps and unfinished writes left out)."""
+    try:
+        return sum(e.stat().st_size for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    except OSError:  # deleted meanwhile by another run
+        return 0
+
+
+def last_used(folder: Path) -> float:
+    """When a teacher's folder was last used: its stamp's time, else the folder's own."""
+    for path in (folder / STAMP, folder):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            continue
+    return 0.0
 
 
 def cache_wanted(setting: str, random_teacher: bool, device: torch.device) -> bool:
