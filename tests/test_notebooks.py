@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cdkd.reproduce import NOTEBOOK_DIR, cli
+from cdkd.reproduce import NOTEBOOK_DIR, cli, execute
 
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
@@ -100,6 +100,12 @@ def test_reproduce_tiny_executes_every_notebook(tmp_path, monkeypatch):
     assert len(figure_cells(nbformat.read(out / "05_visualize_r32.ipynb", as_version=4))) == 6
     # the teacher's bins merged for each student: different figures at 32x32 and 64x64
     assert (out / "figures/05_teacher_joint_r32.png").read_bytes() != (out / "figures/05_teacher_joint_r64.png").read_bytes()
+    # a figure of results/ is evidence: executing notebook 01 again draws the same crops, byte for byte
+    again = tmp_path / "again"
+    execute("01_data.ipynb", tmp_path / "01_again.ipynb", {"preset": "tiny", "data_root": str(tmp_path / "data"),
+                                                          "out_dir": str(again), "res": 64}, tmp_path, log_output=False)
+    for name in ("01_paired_crops.png", "01_paired_crops_2.png"):
+        assert (again / "figures" / name).read_bytes() == (out / "figures" / name).read_bytes(), name
 
 
 def figure_cells(nb) -> list:
