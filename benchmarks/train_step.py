@@ -44,9 +44,12 @@ an hrnet_w8_tiny teacher at 128, k=2) and the paper's sizes (HRNet-W32 student a
 
     python benchmarks/train_step.py [--quick | --tiny] [--device cpu|cuda] [--data data/bench]
 
-``--quick``: 25-step slices, 3 rounds (none started after 150 s of measuring), 1000 persons, demo
-sizes only in part 2 (a few minutes on 2 cores); ``--tiny``: a smoke test of every code path
-(seconds; numbers meaningless).
+``--quick``: 3 rounds (none started after 150 s of measuring), 1000 persons, demo sizes only in
+part 2 (a few minutes on 2 cores); ``--tiny``: a smoke test of every code path (seconds; numbers
+meaningless). Part 1's slices are 31 steps with ``train.log_every`` = 31, so a slice measures the
+Eq. 8 share diagnostics twice (its first and last step): 2 per 31 steps, the rate of a demo run
+(``log_every: 20`` and each epoch's last step: 8 per 125 steps). They cost about three extra
+backward passes each in a distill step, one in a baseline step.
 """
 
 from __future__ import annotations
@@ -280,7 +283,8 @@ def whole_step_config(size: int, mode: str, settings: list[str], data_root: Path
 
     overrides = [f"model.input_size=[{size},{size}]", f"train.mode={mode}", "teacher.random=true",
                  f"data.root={data_root / 'mpii'}", "distill.calibrate_share=0", "train.device=cpu",
-                 f"train.max_steps_per_epoch={steps}", *settings]
+                 f"train.max_steps_per_epoch={steps}", f"train.log_every={steps}", *settings]
+    # log_every = steps: the share diagnostics at a slice's first and last step, a demo run's rate
     if batch:  # the smoke test: small batches, one loader worker
         overrides += [f"train.batch_size={batch}", "data.workers=1"]
     return load_config("demo_student", overrides)
@@ -307,9 +311,10 @@ def whole_steps(args, work: Path) -> dict:
     from cdkd.engine.run import thread_policy
     from cdkd.engine.train import build_training
 
-    sizes, persons, steps, rounds, batch = (32, 64), 1000, 25, 3, None  # 25 steps: the loader's start is a small part
+    # 31 steps: a whole epoch of 1000 persons at batch 32 (the loader's start is a small part of it)
+    sizes, persons, steps, rounds, batch = (32, 64), 1000, 31, 3, None
     if not args.quick:
-        persons, steps, rounds = 1000, 31, 5  # 31 steps: a whole demo epoch (1000 persons, batch 32)
+        rounds = 5
     if args.tiny:
         sizes, persons, steps, rounds, batch = (32,), 24, 2, 1, 4
     data_root = Path(args.data) / f"synth-{persons}"
@@ -485,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     if whole is not None:
         notes += [
             ("Part 1: samples/s of whole training steps with data (the engine's train_one_epoch over epoch slices "
-             f"of {whole['settings']['steps_per_slice']} steps, loader start included), median over "
+             f"of {whole['settings']['steps_per_slice']} steps, loader start included; the Eq. 8 share diagnostics "
+             "at the first and last step of each, the rate of a demo run), median over "
              f"{whole['settings']['rounds']} interleaved rounds. speedup_* = new / old samples/s; "
              "distill_over_baseline = baseline / distill samples/s (the time ratio with data) in the new pipeline; "
              "the *_all keys are the same ratios for the train.threads=all pipeline (opt-in)."),

@@ -94,3 +94,25 @@ def test_report_renders_every_record_file(tmp_path):
         (tmp_path / f"{stem}.json").write_text(json.dumps(record))
     page = render(tmp_path)
     assert page.index("Training step, quiet machine") < page.index("Training step, loaded machine")
+
+
+def test_train_step_slices_measure_the_share_diagnostics_at_a_demo_runs_rate(tmp_path):
+    """The whole-step slices log (and so measure the Eq. 8 shares, three extra backward passes in a
+    distill step) as often per step as a demo run does; before, 25-step slices logged 3 times."""
+    import importlib.util
+
+    from cdkd.config import load_config
+
+    spec = importlib.util.spec_from_file_location("train_step", REPO / "benchmarks" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def logged(steps: int, log_every: int) -> int:  # the engine's rule (cdkd/engine/train.py, log_now)
+        return sum(i % log_every == 0 or i == steps - 1 for i in range(steps))
+
+    demo = load_config("demo_student")
+    demo_rate = logged(4000 // demo.train.batch_size, demo.train.log_every) / (4000 // demo.train.batch_size)
+    steps = 31
+    cfg = bench.whole_step_config(32, "distill", [], tmp_path, steps, None)
+    assert cfg.train.max_steps_per_epoch == steps
+    assert logged(steps, cfg.train.log_every) / steps == pytest.approx(demo_rate, rel=0.02)
