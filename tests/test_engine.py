@@ -97,6 +97,10 @@ def test_two_epochs_equal_one_plus_resume_plus_one(synth, teacher_ckpt, tmp_path
     part = fit(cfg, run_dir=tmp_path / "resumed", stop_after=1)
     assert load_checkpoint(part / "last.pth")["epoch"] == 0 and not (part / "metrics.json").exists()
     resumed = fit(cfg, run_dir=part, resume=part / "last.pth")
+    env = json.loads((resumed / "environment.json").read_text())  # both starts recorded, oldest first
+    assert [e["thread_policy"] for e in env["earlier_starts"]] == [env["thread_policy"]]
+    assert env["earlier_starts"][0]["started"] <= env["started"]
+    assert "earlier_starts" not in json.loads((straight / "environment.json").read_text())
     a, b = _weights(straight / "last.pth"), _weights(resumed / "last.pth")
     assert a.keys() == b.keys()
     for key in a:

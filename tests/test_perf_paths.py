@@ -337,6 +337,26 @@ def test_explicit_threads_and_bad_values():
             load_config("tiny_student", [f"train.threads={bad}"])
 
 
+def test_a_resumed_run_keeps_every_starts_thread_policy(tmp_path):
+    """train.threads may change between starts of one run (it is not a result key) and changes float
+    rounding from there on: environment.json keeps the earlier starts, not only the last."""
+    before = torch.get_num_threads()
+    run = tmp_path / "run"
+    policy = {n: load_config("tiny_student", ["data.workers=0", f"train.threads={n}"]) for n in (1, 2)}
+    try:
+        setup_run(policy[1], run)
+        (run / "last.pth").write_bytes(b"")  # the first start wrote a checkpoint before it stopped
+        setup_run(policy[2], run)
+        setup_run(policy[1], run)
+        env = json.loads((run / "environment.json").read_text())
+        assert [e["thread_policy"]["threads"] for e in env["earlier_starts"]] == [1, 2]
+        assert env["thread_policy"]["threads"] == 1 and "earlier_starts" not in env["earlier_starts"][1]
+        fresh = json.loads((setup_run(policy[2], tmp_path / "fresh") / "environment.json").read_text())
+        assert "earlier_starts" not in fresh  # a new run: nothing earlier
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_run_records_its_thread_policy(tmp_path):
     before = torch.get_num_threads()
     try:

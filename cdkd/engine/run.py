@@ -1,12 +1,14 @@
 """One call sets up a run: seeds, the run folder, the resolved config and the provenance.
 
 The run folder records everything needed to reproduce it: ``config.yaml`` (resolved), and
-``environment.json`` (git commit, whether the tree was dirty, package versions, machine).
+``environment.json`` (git commit, whether the tree was dirty, package versions, machine, thread
+policy, start time; a resumed run keeps its earlier starts' records under ``earlier_starts``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import json
 import os
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -31,7 +34,7 @@ RUN_FILES = ("metrics.json", "best.pth", "last.pth", "epochs.jsonl")
 
 # Config keys that change where or how fast a run goes, not what it trains (ignored when a run is
 # resumed or reused): the device and torch threads (the same computation; float rounding may differ,
-# as on another machine: environment.json records each start's thread policy), the decoded-image cache
+# as on another machine: environment.json records each start's thread policy, earlier_starts), the decoded-image cache
 # (same crops), the teacher-output cache and where the teacher runs (same bits), progress display,
 # logging interval and folder names. Not data.workers: it names the augmentation streams
 # (cdkd.engine.train.make_loader).
@@ -178,9 +181,33 @@ def setup_run(cfg: Config, out_dir: str | Path | None = None, write: bool = True
 
         check_writable(run_dir, "the run folder")
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(portable_config(cfg, run_dir), sort_keys=False))
-        environment = {**environment_info(), "thread_policy": threads}
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        environment = {**environment_info(), "thread_policy": threads, "started": started}
+        earlier = _earlier_starts(run_dir)
+        if earlier:
+            environment["earlier_starts"] = earlier
         atomic_write_text(run_dir / "environment.json", json.dumps(environment, indent=2))
     return run_dir
+
+
+def _earlier_starts(run_dir: Path) -> list[dict]:
+    """What the earlier starts of a run that is being resumed ran under (its ``environment.json``
+    records, oldest first); empty for a new run. A run is resumed only from its ``last.pth``, and a
+    new run never starts in a folder holding one (:func:`cdkd.engine.train.fit`), so a ``last.pth``
+    here means the records belong to this run. A start resumed under another thread policy, machine
+    or torch rounds differently from there on: this list keeps that visible."""
+    path = run_dir / "environment.json"
+    if not (run_dir / "last.pth").exists() or not path.exists():
+        return []
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        warnings.warn(f"{path} is unreadable ({err}); the earlier starts of this resumed run are not recorded",
+                      stacklevel=3)
+        return []
+    if not isinstance(previous, dict):
+        return []
+    return [*previous.pop("earlier_starts", []), previous]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
