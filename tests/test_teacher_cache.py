@@ -242,3 +242,16 @@ def test_the_cap_covers_every_teacher_and_old_ones_make_room(tmp_path):
     with pytest.warns(UserWarning, match="teacher.cache_max_gb"):  # only the busy one left: stop writing
         assert not cache.save("d", outputs)
     assert busy.exists() and cache.full and cache.path("d").exists() is False
+
+
+def test_a_nearly_full_disk_stops_writing_and_says_so(tmp_path, monkeypatch):
+    import collections
+
+    import cdkd.engine.teacher_cache as teacher_cache
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(teacher_cache.shutil, "disk_usage", lambda path: usage(10**12, 10**12 - 10**8, 10**8))
+    cache = TeacherCache(tmp_path / "teacher-a", "identity", max_bytes=1e12)
+    with pytest.warns(UserWarning, match="only 0.1 GB is free"):
+        assert not cache.save("a", {"x": torch.zeros(10)})
+    assert cache.full and not cache.path("a").exists()

@@ -191,11 +191,14 @@ class TeacherCache:
             if self.used + size > self.max_bytes:
                 self._make_room(size)
             free = shutil.disk_usage(self.folder).free
-            if self.used + size > self.max_bytes or free - size < MIN_FREE_BYTES:
+            if self.used + size > self.max_bytes:
                 self._stop(f"the teachers' folders hold {self.used / 1e9:.2f} GB of at most "
-                           f"{self.max_bytes / 1e9:.2f} GB (config key 'teacher.cache_max_gb'; none "
-                           f"unused for {ACTIVE_SECONDS / 60:.0f} min is left to delete) with "
-                           f"{free / 1e9:.1f} GB free on the disk")
+                           f"{self.max_bytes / 1e9:.2f} GB (config key 'teacher.cache_max_gb'), and no other "
+                           f"teacher's folder unused for {ACTIVE_SECONDS / 60:.0f} min is left to delete")
+                return False
+            if free - size < MIN_FREE_BYTES:
+                self._stop(f"only {free / 1e9:.1f} GB is free on its disk (it keeps {MIN_FREE_BYTES / 1e9:.0f} GB "
+                           "free; config key 'teacher.cache_max_gb' sets its own cap)")
                 return False
             torch.save({name: t.detach().to("cpu") for name, t in outputs.items()}, tmp)
             os.replace(tmp, path)
