@@ -46,10 +46,10 @@ an hrnet_w8_tiny teacher at 128, k=2) and the paper's sizes (HRNet-W32 student a
 
 ``--quick``: 3 rounds (none started after 150 s of measuring), 1000 persons, demo sizes only in
 part 2 (a few minutes on 2 cores); ``--tiny``: a smoke test of every code path (seconds; numbers
-meaningless). Part 1's slices are 31 steps with ``train.log_every`` = 31, so a slice measures the
-Eq. 8 share diagnostics twice (its first and last step): 2 per 31 steps, the rate of a demo run
-(``log_every: 20`` and each epoch's last step: 8 per 125 steps). They cost about three extra
-backward passes each in a distill step, one in a baseline step.
+meaningless). Part 1's slices are :data:`SLICE_STEPS` (31) steps with ``train.log_every`` = 31, so
+a slice measures the Eq. 8 share diagnostics twice (its first and last step): 2 per 31 steps, the
+rate of a demo run (``log_every: 20`` and each epoch's last step: 8 per 125 steps). They cost two
+extra backward passes each in a distill step (none in a baseline step).
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ import torch
 from benchmarks.common import measure, parse_args, round_to, write_result
 
 TARGET_OVERHEAD = 1.2
+# whole-step slices: a whole epoch of 1000 persons at batch 32 (the loader's start is a small part of
+# it), logged at its first and last step (whole_step_config): a demo run's rate of share diagnostics
+SLICE_STEPS = 31
 QUICK_BUDGET_S = 150  # quick mode starts no further round after this (a loaded machine slows the old pipeline 10x)
 TARGETS = {"speedup_distill": 2.0, "speedup_baseline": 1.5, "distill_over_baseline": 1.7}  # issue 21
 PIPELINES = {"baseline": ("old", "new", "all"), "distill": ("old", "new", "cold", "all", "all-cold")}
@@ -311,8 +314,7 @@ def whole_steps(args, work: Path) -> dict:
     from cdkd.engine.run import thread_policy
     from cdkd.engine.train import build_training
 
-    # 31 steps: a whole epoch of 1000 persons at batch 32 (the loader's start is a small part of it)
-    sizes, persons, steps, rounds, batch = (32, 64), 1000, 31, 3, None
+    sizes, persons, steps, rounds, batch = (32, 64), 1000, SLICE_STEPS, 3, None
     if not args.quick:
         rounds = 5
     if args.tiny:

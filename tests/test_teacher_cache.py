@@ -201,47 +201,147 @@ def test_cache_keys(tmp_path):
     assert cache.key(b"a") != TeacherCache(tmp_path, "other", 1e9).key(b"a")
 
 
-def _stale_teacher(root, name, nbytes, hours_ago):
-    """A teacher folder of ``nbytes`` cached bytes, last used ``hours_ago``."""
+def _teacher_folder(root, n, nbytes, hours_ago, stamp=True):
+    """Teacher folder number ``n`` (named as the cache names them) holding ``nbytes`` of cached files,
+    last used ``hours_ago`` (its stamp and its own time)."""
     import os
     import time
 
-    folder = root / name
+    folder = root / f"teacher-{n:016x}"
     folder.mkdir(parents=True)
     (folder / "batch.pt").write_bytes(b"\0" * nbytes)
-    (folder / ".last_used").touch()
     then = time.time() - hours_ago * 3600
-    os.utime(folder / ".last_used", (then, then))
+    if stamp:
+        (folder / ".last_used").touch()
+        os.utime(folder / ".last_used", (then, then))
+    os.utime(folder, (then, then))
     return folder
+
+
+def _batch_size(tmp_path, outputs):
+    """Bytes of one written batch file (the cap counts files; keys of one length give one size)."""
+    probe = TeacherCache(tmp_path / "probe" / "teacher-probe", "identity", max_bytes=1e9)
+    assert probe.save("z", outputs)
+    return probe.path("z").stat().st_size
 
 
 def test_the_cap_covers_every_teacher_and_old_ones_make_room(tmp_path):
     """Folders of teachers no run uses any more (another code digest, other weights) are deleted, least
-    recently used first, when a write would pass teacher.cache_max_gb; one in use is never deleted."""
+    recently used first, when a write would pass teacher.cache_max_gb; one in use is never deleted,
+    nor a folder the cache did not make."""
     outputs = {"x": torch.zeros(1000)}  # 4000 bytes of tensor: the estimate before a write
-    probe = TeacherCache(tmp_path / "probe" / "teacher-probe", "identity", max_bytes=1e9)
-    assert probe.save("z", outputs)
-    size = probe.path("z").stat().st_size  # a written batch's file (the cap counts files)
+    size = _batch_size(tmp_path, outputs)
     # every folder holds one batch's bytes; the cap leaves room for 3 of them plus the estimate
-    oldest = _stale_teacher(tmp_path, "teacher-oldest", size, hours_ago=48)
-    old = _stale_teacher(tmp_path, "teacher-old", size, hours_ago=24)
-    busy = _stale_teacher(tmp_path, "teacher-busy", size, hours_ago=0)  # another run is using it
+    oldest = _teacher_folder(tmp_path, 1, size, hours_ago=48)
+    old = _teacher_folder(tmp_path, 2, size, hours_ago=24, stamp=False)  # no stamp: the folder's own time
+    busy = _teacher_folder(tmp_path, 3, size, hours_ago=0)  # another run is using it
+    foreign = tmp_path / "teacher-hrnet-w32"  # not the cache's: never counted, never deleted
+    foreign.mkdir()
+    (foreign / "model.pth").write_bytes(b"\0" * 50000)
     (tmp_path / "decoded-mpii-train-0.bin").write_bytes(b"\0" * 50000)  # not a teacher's: not counted
-    cache = TeacherCache(tmp_path / "teacher-new", "identity", max_bytes=3 * size + 4000)
-    assert (tmp_path / "teacher-new" / ".last_used").exists()
+    cache = TeacherCache(tmp_path / f"teacher-{99:016x}", "identity", max_bytes=3 * size + 4000)
+    assert (cache.folder / ".last_used").exists()
     assert cache.save("a", outputs)  # 3 folders + the estimate fit: nothing deleted
     assert oldest.exists() and old.exists()
-    with pytest.warns(UserWarning, match="deleted .*teacher-oldest.*teacher.cache_max_gb"):
+    with pytest.warns(UserWarning, match=f"deleted .*{oldest.name}.*teacher.cache_max_gb"):
         assert cache.save("b", outputs)  # needs room: the least recently used goes, only it
     assert not oldest.exists() and old.exists() and busy.exists()
-    assert cache.evicted == ["teacher-oldest"]
-    with pytest.warns(UserWarning, match="teacher-old "):
+    assert cache.evicted == [oldest.name]
+    with pytest.warns(UserWarning, match=old.name):
         assert cache.save("c", outputs)
     assert not old.exists() and busy.exists()
     assert cache.load("a") is not None and cache.load("c") is not None
     with pytest.warns(UserWarning, match="teacher.cache_max_gb"):  # only the busy one left: stop writing
         assert not cache.save("d", outputs)
-    assert busy.exists() and cache.full and cache.path("d").exists() is False
+    assert busy.exists() and foreign.exists() and cache.full and not cache.path("d").exists()
+    assert not list(tmp_path.glob(".evicting-*"))
+
+
+def test_two_processes_do_not_both_make_room(tmp_path):
+    """Two processes of one teacher (loader workers) with their own counts: after the first deleted a
+    folder, the second counts again and deletes nothing more than it needs."""
+    import pickle
+
+    outputs = {"x": torch.zeros(1000)}
+    size = _batch_size(tmp_path, outputs)
+    big = size + 100  # the old folders are a little larger than a batch
+    first_old = _teacher_folder(tmp_path, 1, big, hours_ago=48)
+    second_old = _teacher_folder(tmp_path, 2, big, hours_ago=24)
+    trainer = TeacherCache(tmp_path / f"teacher-{99:016x}", "identity", max_bytes=2 * big + size + 4000 - 1)
+    one, two = (pickle.loads(pickle.dumps(trainer)) for _ in range(2))
+    assert one.save("a", outputs)  # counted: both old folders + nothing yet; fits
+    with pytest.warns(UserWarning, match=first_old.name):
+        assert two.save("b", outputs)  # its first count sees a's file: one old folder must go
+    assert not first_old.exists() and second_old.exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one's count is stale (it still holds first_old): counted again
+        assert one.save("c", outputs)
+    assert second_old.exists() and one.evicted == [] and two.evicted == [first_old.name]
+
+
+def test_a_teacher_filling_the_cap_alone_deletes_nothing(tmp_path):
+    outputs = {"x": torch.zeros(1000)}
+    size = _batch_size(tmp_path, outputs)
+    old = _teacher_folder(tmp_path, 1, size, hours_ago=48)
+    cache = TeacherCache(tmp_path / f"teacher-{99:016x}", "identity", max_bytes=size + 4000)
+    (cache.folder / "own.pt").write_bytes(b"\0" * (size + 4001))  # its own files pass the cap already
+    with pytest.warns(UserWarning, match="could not make room"):
+        assert not cache.save("a", outputs)
+    assert old.exists()  # deleting it would not have made room: kept
+
+
+def test_every_process_using_a_folder_keeps_its_stamp_fresh(tmp_path, monkeypatch):
+    """Loader workers are pickled copies that start every epoch anew and the trainer never reads: each
+    copy stamps the folder on its first read, hit or miss, and then at least every STAMP_EVERY_S."""
+    import os
+    import pickle
+    import time
+
+    import cdkd.engine.teacher_cache as teacher_cache
+
+    cache = TeacherCache(tmp_path / f"teacher-{7:016x}", "identity", max_bytes=1e9)
+    assert cache.save("a", {"x": torch.zeros(10)})
+    stamp = cache.folder / ".last_used"
+
+    def age(hours):
+        then = time.time() - hours * 3600
+        os.utime(stamp, (then, then))
+
+    age(1)
+    worker = pickle.loads(pickle.dumps(cache))
+    assert worker.load("a") is not None
+    assert time.time() - stamp.stat().st_mtime < 60
+    age(1)
+    assert worker.load("missing") is None  # a miss is a use too, but this worker stamped a moment ago
+    assert time.time() - stamp.stat().st_mtime > 3000
+    monkeypatch.setattr(teacher_cache, "STAMP_EVERY_S", 0.0)
+    assert worker.load("missing") is None
+    assert time.time() - stamp.stat().st_mtime < 60
+
+
+def test_a_folder_deleted_under_a_run_costs_one_batch(tmp_path):
+    """By hand or by another run: the write that meets the hole is skipped (no crash, writing goes on)."""
+    import shutil
+
+    import cdkd.engine.teacher_cache as teacher_cache
+
+    cache = TeacherCache(tmp_path / f"teacher-{7:016x}", "identity", max_bytes=1e9)
+    assert cache.save("a", {"x": torch.zeros(10)})
+    real_save = teacher_cache.torch.save
+
+    def save_then_vanish(obj, f):
+        real_save(obj, f)
+        shutil.rmtree(cache.folder)
+
+    teacher_cache.torch.save = save_then_vanish
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not cache.save("b", {"x": torch.zeros(10)})
+    finally:
+        teacher_cache.torch.save = real_save
+    assert not cache.full
+    assert cache.save("c", {"x": torch.zeros(10)}) and cache.load("c") is not None
 
 
 def test_a_nearly_full_disk_stops_writing_and_says_so(tmp_path, monkeypatch):

@@ -207,7 +207,8 @@ def _earlier_starts(run_dir: Path) -> list[dict]:
         return []
     if not isinstance(previous, dict):
         return []
-    return [*previous.pop("earlier_starts", []), previous]
+    earlier = previous.pop("earlier_starts", [])
+    return [*(earlier if isinstance(earlier, list) else [earlier]), previous]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

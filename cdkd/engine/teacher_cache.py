@@ -25,20 +25,26 @@ written atomically; a file that cannot be read is a miss and is written again.
 Every teacher identity has its own folder ``teacher-<hash>`` under the cache folder, and any edit of
 the code, the weights or the machine starts a new one, so old folders are never hit again.
 ``teacher.cache_max_gb`` caps all of them together: a write that would pass the cap first deletes
-whole folders of *other* teachers, least recently used first (a folder's ``.last_used`` stamp is
-touched when a run opens it and every :data:`RESCAN_EVERY` reads or writes), but never one used in
-the last :data:`ACTIVE_SECONDS` (another run may be reading it; a deleted file would only be a miss
-there, recomputed). When the cap still cannot be kept (this teacher's own folder fills it), or with
-less than 1 GB free on the disk, or when a write fails, nothing more is written by that process (a
-warning says so) and training goes on with the online teacher for the batches not cached. The cap
-is soft: each process (trainer, loader workers, other runs) counts the folders every
-:data:`RESCAN_EVERY` writes and its own writes in between.
+whole folders of *other* teachers (named ``teacher-`` and 16 hex digits, nothing else), least
+recently used first, but never one used in the last :data:`ACTIVE_SECONDS` (another run may be
+reading it). A folder's last use is the later of its ``.last_used`` stamp, which every process that
+reads or writes there touches at least every :data:`STAMP_EVERY_S`, and its own modification time.
+A process claims a folder by renaming it before deleting it, so two processes never delete the same
+one, and it counts the folders again before it deletes anything; it deletes nothing when deleting
+every unused folder would still not make room (this teacher's own folder fills the cap). A folder
+deleted under a run (by another run or by hand) costs that run misses, which run the teacher, and
+at most one unwritten batch. When the cap cannot be kept, or with less than 1 GB free on the disk,
+or when a write fails, nothing more is written by that process (a warning says so) and training goes
+on with the online teacher for the batches not cached. The cap is soft: each process (trainer,
+loader workers, other runs) counts the folders every :data:`RESCAN_EVERY` writes and before it
+deletes, and adds its own writes in between.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import time
 import warnings
@@ -52,8 +58,10 @@ from torch import nn
 CACHE_VERSION = 2  # bump when the file layout or what a key covers changes
 MIN_FREE_BYTES = 1e9  # never fill the disk beyond this
 RESCAN_EVERY = 50  # writes between two counts of the folders (other processes write there too)
-ACTIVE_SECONDS = 600.0  # a folder stamped this recently is in use: never deleted to make room
-STAMP = ".last_used"  # touched in a teacher's folder whenever a run uses it (least recently used goes first)
+ACTIVE_SECONDS = 600.0  # a folder used this recently is in use: never deleted to make room
+STAMP = ".last_used"  # touched in a teacher's folder by every process that uses it (least recently used goes first)
+STAMP_EVERY_S = 60.0  # a process using a folder touches its stamp at least this often
+FOLDER = re.compile(r"teacher-[0-9a-f]{16}")  # the folders this module makes (only these are ever deleted)
 PACKAGE = Path(__file__).resolve().parents[1]
 # the code between a record and the teacher's outputs: the crops, their augmentation, the models and
 # the engine's teacher forward; any edit of these files starts new cache folders
@@ -111,10 +119,11 @@ class TeacherCache:
         self.full = False  # a warning was given; nothing more is written
         self.hits = self.misses = self.saved = 0  # in this process
         self.evicted: list[str] = []  # folders this process deleted to make room
+        self.stamped = 0.0  # when this process last touched the folder's stamp
         self.stamp()
 
-    def __getstate__(self) -> dict:  # a worker starts its own counts
-        return {**self.__dict__, "hits": 0, "misses": 0, "saved": 0}
+    def __getstate__(self) -> dict:  # a worker starts its own counts and stamps on its first use
+        return {**self.__dict__, "hits": 0, "misses": 0, "saved": 0, "stamped": 0.0}
 
     def key(self, views: bytes) -> str:
         """The file name of a batch of views (their description as bytes, from the dataset)."""
@@ -130,6 +139,7 @@ class TeacherCache:
             outputs = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
             self.misses += 1
+            self.in_use()
             return None
         except Exception as err:  # a truncated or foreign file: a miss, written again by the trainer
             warnings.warn(f"teacher output cache file {path} is unreadable ({type(err).__name__}: {err}); "
@@ -137,21 +147,30 @@ class TeacherCache:
             self.misses += 1
             return None
         self.hits += 1
-        if self.hits % RESCAN_EVERY == 0:
-            self.stamp()
+        self.in_use()
         return outputs
 
     def stamp(self) -> None:
         """Mark this teacher's folder as used now (eviction goes by this time; never fails)."""
+        self.stamped = time.time()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / STAMP).touch()
         except OSError:
             pass  # a read-only cache still serves hits
 
+    def in_use(self) -> None:
+        """Stamp the folder if this process has not done so for :data:`STAMP_EVERY_S`."""
+        if time.time() - self.stamped >= STAMP_EVERY_S:
+            self.stamp()
+
     def siblings(self) -> list[Path]:
-        """The other teachers' folders next to this one."""
-        return [p for p in self.folder.parent.glob("teacher-*") if p.is_dir() and p != self.folder]
+        """The other teachers' folders next to this one (``teacher-`` and 16 hex digits)."""
+        try:
+            entries = list(self.folder.parent.iterdir())
+        except OSError:
+            return []
+        return [p for p in entries if FOLDER.fullmatch(p.name) and p != self.folder and p.is_dir()]
 
     def _count(self) -> int:
         """Bytes of the cached files of every teacher (this folder and its siblings)."""
@@ -159,22 +178,35 @@ class TeacherCache:
 
     def _make_room(self, needed: int) -> None:
         """Delete other teachers' folders, least recently used first, until ``needed`` more bytes fit
-        under the cap; folders used in the last :data:`ACTIVE_SECONDS` are kept."""
+        under the cap. Counts the folders first (other processes write and delete too); keeps the
+        folders used in the last :data:`ACTIVE_SECONDS`, and every folder when deleting all the
+        unused ones would not make room."""
+        self.used = self._count()
+        if self.used + needed <= self.max_bytes:
+            return
         now = time.time()
-        stale = sorted((last_used(p), p) for p in self.siblings())
-        for used_at, path in stale:
+        times = {p: last_used(p) for p in self.siblings()}
+        unused = sorted((t, p) for p, t in times.items() if t is not None and now - t >= ACTIVE_SECONDS)
+        sizes = {p: folder_bytes(p) for _, p in unused}
+        if self.used - sum(sizes.values()) + needed > self.max_bytes:
+            return  # this teacher's own files (or folders in use) fill the cap: deleting would not help
+        for _, path in unused:
             if self.used + needed <= self.max_bytes:
                 return
-            if now - used_at < ACTIVE_SECONDS:
-                return  # the rest are newer still
-            size = folder_bytes(path)
-            shutil.rmtree(path, ignore_errors=True)
-            if not path.exists():
-                self.used -= size
-                self.evicted.append(path.name)
-                warnings.warn(f"teacher output cache: deleted {path} ({size / 1e9:.2f} GB, last used "
-                              f"{(now - used_at) / 3600:.1f} h ago) to stay under config key "
-                              f"'teacher.cache_max_gb' ({self.max_bytes / 1e9:.2f} GB)", stacklevel=4)
+            used_at = last_used(path)  # again: another run may have started using it since the sort
+            if used_at is None or time.time() - used_at < ACTIVE_SECONDS:
+                continue
+            claimed = path.with_name(f".evicting-{os.getpid()}-{path.name}")
+            try:
+                os.rename(path, claimed)  # atomic: of two processes evicting it, one wins
+            except OSError:
+                continue  # taken by another process, or not ours to delete
+            shutil.rmtree(claimed, ignore_errors=True)
+            self.used -= sizes[path]
+            self.evicted.append(path.name)
+            warnings.warn(f"teacher output cache: deleted {path} ({sizes[path] / 1e9:.2f} GB, last used "
+                          f"{(now - used_at) / 3600:.1f} h ago) to stay under config key "
+                          f"'teacher.cache_max_gb' ({self.max_bytes / 1e9:.2f} GB)", stacklevel=4)
 
     def save(self, key: str, outputs: dict[str, torch.Tensor]) -> bool:
         """Write a batch's outputs (atomically); False when the cache is full or cannot be written."""
@@ -186,27 +218,32 @@ class TeacherCache:
             self.folder.mkdir(parents=True, exist_ok=True)
             if self.used is None or self.saved % RESCAN_EVERY == 0:
                 self.used = self._count()
-                self.stamp()
+            self.in_use()
             size = sum(t.numel() * t.element_size() for t in outputs.values())
             if self.used + size > self.max_bytes:
-                self._make_room(size)
+                self._make_room(size)  # counts again
             free = shutil.disk_usage(self.folder).free
             if self.used + size > self.max_bytes:
                 self._stop(f"the teachers' folders hold {self.used / 1e9:.2f} GB of at most "
-                           f"{self.max_bytes / 1e9:.2f} GB (config key 'teacher.cache_max_gb'), and no other "
-                           f"teacher's folder unused for {ACTIVE_SECONDS / 60:.0f} min is left to delete")
+                           f"{self.max_bytes / 1e9:.2f} GB (config key 'teacher.cache_max_gb'), and deleting "
+                           f"the other teachers' folders unused for {ACTIVE_SECONDS / 60:.0f} min could not "
+                           "make room")
                 return False
             if free - size < MIN_FREE_BYTES:
                 self._stop(f"only {free / 1e9:.1f} GB is free on its disk (it keeps {MIN_FREE_BYTES / 1e9:.0f} GB "
                            "free; config key 'teacher.cache_max_gb' sets its own cap)")
                 return False
             torch.save({name: t.detach().to("cpu") for name, t in outputs.items()}, tmp)
+            written = tmp.stat().st_size
             os.replace(tmp, path)
         except Exception as err:  # torch.save reports a full disk or a quota as RuntimeError
             tmp.unlink(missing_ok=True)
+            if not self.folder.is_dir():  # deleted under us (by hand, or by another run): this batch only
+                self.used = None  # counted again at the next write, which makes the folder again
+                return False
             self._stop(f"writing {path} failed ({type(err).__name__}: {err})")
             return False
-        self.used += path.stat().st_size
+        self.used += written
         self.saved += 1
         return True
 
@@ -228,14 +265,17 @@ def folder_bytes(folder: Path) -> int:
         return 0
 
 
-def last_used(folder: Path) -> float:
-    """When a teacher's folder was last used: its stamp's time, else the folder's own."""
-    for path in (folder / STAMP, folder):
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            continue
-    return 0.0
+def last_used(folder: Path) -> float | None:
+    """When a teacher's folder was last used: the later of its stamp's time and its own (a write
+    changes the folder's); None when the folder is gone."""
+    try:
+        own = folder.stat().st_mtime
+    except OSError:
+        return None
+    try:
+        return max(own, (folder / STAMP).stat().st_mtime)
+    except OSError:
+        return own
 
 
 def cache_wanted(setting: str, random_teacher: bool, device: torch.device) -> bool:
